@@ -1,0 +1,104 @@
+"""ATSS assigner: every ground truth gets a positive, ignore regions, injectable similarity."""
+
+import pytest
+import torch
+
+from tod_lightning.assigners import IGNORE, NEGATIVE, ATSSAssigner, IoUSimilarity, NWDSimilarity
+from tod_lightning.ops import level_points
+
+STRIDES = [4, 8, 16, 32]
+H = W = 256
+
+
+def _points():
+    sizes = [(H // s, W // s) for s in STRIDES]
+    points_xy, point_strides = level_points(sizes, STRIDES, "cpu")
+    return points_xy, point_strides, [h * w for h, w in sizes]
+
+
+def _random_boxes(n: int, lo: float, hi: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    wh = lo + (hi - lo) * torch.rand(n, 2, generator=g)
+    xy = torch.rand(n, 2, generator=g) * (W - wh)
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+@pytest.mark.parametrize("similarity", [IoUSimilarity(), NWDSimilarity()])
+@pytest.mark.parametrize("lo,hi", [(2.0, 3.0), (2.0, 32.0), (8.0, 64.0)])
+def test_every_ground_truth_gets_a_positive(similarity, lo, hi):
+    points_xy, point_strides, counts = _points()
+    gt = _random_boxes(300, lo, hi, seed=int(lo * 10 + hi))
+    result = ATSSAssigner(similarity=similarity)(points_xy, point_strides, counts, gt)
+    matched = torch.zeros(len(gt), dtype=torch.bool)
+    matched[result.gt_index[result.gt_index >= 0]] = True
+    assert matched.all(), f"{(~matched).sum()} of {len(gt)} boxes have no positive"
+
+
+def test_two_pixel_boxes_between_grid_points():
+    """A 2x2 box at every sub-cell offset of the stride-4 grid, including ones containing no point."""
+    points_xy, point_strides, counts = _points()
+    offsets = torch.arange(0, 4, 0.5)
+    xy = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)
+    i = torch.arange(len(xy))
+    xy = xy + torch.stack([i % 8, i // 8], 1) * 30.0  # spread over the image so they do not compete
+    gt = torch.cat([xy, xy + 2.0], dim=1)
+    result = ATSSAssigner()(points_xy, point_strides, counts, gt)
+    assert set(result.gt_index[result.gt_index >= 0].tolist()) == set(range(len(gt)))
+
+
+def test_two_boxes_competing_for_the_same_point_both_get_one():
+    points_xy, point_strides, counts = _points()
+    gt = torch.tensor([[100.5, 100.5, 102.5, 102.5], [101.0, 101.0, 103.0, 103.0]])  # same nearest point
+    result = ATSSAssigner()(points_xy, point_strides, counts, gt)
+    assert set(result.gt_index[result.gt_index >= 0].tolist()) == {0, 1}
+
+
+def test_large_box_positives_lie_inside_it():
+    points_xy, point_strides, counts = _points()
+    gt = torch.tensor([[40.0, 60.0, 140.0, 180.0]])
+    result = ATSSAssigner()(points_xy, point_strides, counts, gt)
+    pos = result.gt_index == 0
+    assert pos.sum() >= 1
+    p = points_xy[pos]
+    assert ((p[:, 0] > 40) & (p[:, 0] < 140) & (p[:, 1] > 60) & (p[:, 1] < 180)).all()
+    assert (result.similarity[pos] > 0).all()
+
+
+def test_no_ground_truth_means_all_negative():
+    points_xy, point_strides, counts = _points()
+    result = ATSSAssigner()(points_xy, point_strides, counts, torch.zeros(0, 4))
+    assert (result.gt_index == NEGATIVE).all()
+
+
+def test_ignore_regions_remove_negatives_only():
+    points_xy, point_strides, counts = _points()
+    gt = torch.tensor([[20.0, 20.0, 28.0, 28.0]])
+    ignore = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
+    result = ATSSAssigner()(points_xy, point_strides, counts, gt, ignore)
+    assert (result.gt_index == 0).any(), "positives inside an ignore region stay positive"
+    p2 = point_strides == 4
+    inside = (points_xy[:, 0] < 60) & (points_xy[:, 1] < 60) & p2 & (result.gt_index != 0)
+    assert (result.gt_index[inside] == IGNORE).all()
+    outside = (points_xy[:, 0] > 100) | (points_xy[:, 1] > 100)
+    assert (result.gt_index[outside] == NEGATIVE).all()
+
+
+def test_similarity_is_injected():
+    points_xy, point_strides, counts = _points()
+    gt = _random_boxes(50, 2.0, 12.0, seed=3)
+    a = ATSSAssigner(similarity=IoUSimilarity())(points_xy, point_strides, counts, gt).gt_index
+    b = ATSSAssigner(similarity=NWDSimilarity())(points_xy, point_strides, counts, gt).gt_index
+    assert not torch.equal(a, b)
+
+
+def test_nwd_reference_values():
+    """methods.md §6: NWD(b, b) ~ 1, symmetric, > 0 when disjoint, 1-px shift = exp(-1/12.8)."""
+    nwd = NWDSimilarity(constant=12.8)
+    b = torch.tensor([[10.0, 10.0, 20.0, 20.0]])
+    shifted = b + torch.tensor([1.0, 0.0, 1.0, 0.0])
+    far = b + 100
+    assert nwd(b, b).item() == pytest.approx(1.0, abs=1e-3)
+    assert nwd(b, shifted).item() == pytest.approx(torch.exp(torch.tensor(-1 / 12.8)).item(), abs=1e-3)
+    assert nwd(b, shifted).item() == pytest.approx(nwd(shifted, b).item())
+    assert nwd(b, far).item() > 0
+    assert IoUSimilarity()(b, far).item() == 0

@@ -1,0 +1,110 @@
+"""Losses and criterion: empty images, exact zeros, weighting hooks, auxiliary terms."""
+
+import pytest
+import torch
+
+from tod_lightning import losses
+from tod_lightning.losses import AuxiliaryLoss, DetectionCriterion, FocalLoss, PositiveWeighting
+from tod_lightning.ops import PointBoxCoder, level_points
+from tod_lightning.structures import DetectorOutput, Target
+
+BOX_LOSSES = [losses.GIoULoss, losses.DIoULoss, losses.CIoULoss]
+STRIDES = [4, 8, 16]
+
+
+def _output(batch: int = 2, k: int = 3, size: int = 64, requires_grad: bool = True) -> DetectorOutput:
+    maps = lambda c: [torch.randn(batch, c, size // s, size // s, requires_grad=requires_grad) for s in STRIDES]  # noqa: E731
+    return DetectorOutput(maps(k), maps(4), maps(1), STRIDES, (size, size))
+
+
+def _target(boxes, labels) -> Target:
+    return Target(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels, dtype=torch.long))
+
+
+@pytest.mark.parametrize("loss_cls", BOX_LOSSES)
+def test_box_loss_contract(loss_cls):
+    loss = loss_cls()
+    a = torch.tensor([[10.0, 10.0, 14.0, 13.0], [0.0, 0.0, 2.0, 2.0]], requires_grad=True)
+    assert torch.allclose(loss(a, a.detach()), torch.zeros(2), atol=1e-5)
+    disjoint = loss(a, a.detach() + 50)
+    assert (disjoint > 1.0).all(), "disjoint boxes must cost more than IoU's ceiling of 1"
+    disjoint.sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    assert loss(a[:0], a[:0]).shape == (0,)
+
+
+def test_focal_loss_matches_torchvision_formula():
+    logits = torch.randn(5, 3)
+    targets = (torch.rand(5, 3) > 0.5).float()
+    p = logits.sigmoid()
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    expected = (0.25 * targets + 0.75 * (1 - targets)) * ce * (1 - p_t) ** 2
+    assert torch.allclose(FocalLoss(0.25, 2.0)(logits, targets), expected, atol=1e-6)
+
+
+def test_image_without_boxes_gives_zero_box_loss_and_finite_cls_loss():
+    out = _output(batch=1)
+    result = DetectionCriterion()(out, [_target([], [])])
+    assert result["loss_box"].item() == 0.0
+    assert result["loss_quality"].item() == 0.0
+    assert torch.isfinite(result["loss_cls"]) and result["loss_cls"] > 0
+    result["loss"].backward()
+    assert torch.isfinite(out.cls_logits[0].grad).all()
+
+
+def test_perfect_boxes_give_zero_box_loss():
+    """Deltas that decode exactly to the ground truth at every positive -> box loss 0 (GIoU of equal boxes)."""
+    gt = torch.tensor([[10.0, 12.0, 13.0, 14.0], [30.0, 30.0, 50.0, 44.0]])
+    out = _output(batch=1, requires_grad=False)
+    crit = DetectionCriterion()
+    sizes = [tuple(m.shape[-2:]) for m in out.cls_logits]
+    points_xy, strides = level_points(sizes, STRIDES, "cpu")
+    assign = crit.assigner(points_xy, strides, [h * w for h, w in sizes], gt)
+    deltas = torch.zeros(points_xy.shape[0], 4)
+    pos = assign.gt_index >= 0
+    deltas[pos] = PointBoxCoder().encode(gt[assign.gt_index[pos]], points_xy[pos], strides[pos])
+    start = 0
+    for level, (h, w) in enumerate(sizes):
+        out.box_deltas[level] = deltas[start : start + h * w].T.reshape(1, 4, h, w)
+        start += h * w
+    result = crit(out, [Target(gt, torch.tensor([0, 1]))])
+    assert result["loss_box"].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_mixed_batch_and_normalisation():
+    out = _output(batch=2)
+    targets = [_target([[5, 5, 9, 8], [20, 20, 40, 30]], [0, 2]), _target([], [])]
+    result = DetectionCriterion()(out, targets)
+    assert result["num_pos"] >= 2
+    for key in ("loss", "loss_cls", "loss_box", "loss_quality"):
+        assert torch.isfinite(result[key])
+    result["loss"].backward()
+
+
+class _DoubleSmall(PositiveWeighting):
+    def forward(self, matched_gt_xyxy):
+        area = (matched_gt_xyxy[:, 2] - matched_gt_xyxy[:, 0]) * (matched_gt_xyxy[:, 3] - matched_gt_xyxy[:, 1])
+        return torch.where(area <= 64, 2.0, 1.0)
+
+
+def test_positive_weighting_sees_matched_boxes():
+    out = _output(batch=1, requires_grad=False)
+    targets = [_target([[5, 5, 9, 8]], [1])]  # area 12 -> weight 2
+    plain = DetectionCriterion()(out, targets)
+    weighted = DetectionCriterion(positive_weighting=_DoubleSmall())(out, targets)
+    assert weighted["loss_box"].item() == pytest.approx(2 * plain["loss_box"].item(), rel=1e-5)
+    assert weighted["loss_quality"].item() == pytest.approx(2 * plain["loss_quality"].item(), rel=1e-5)
+
+
+class _ImageMean(AuxiliaryLoss):
+    def forward(self, output, targets, images01):
+        return {"aux": images01.mean() * 0 + 0.5}
+
+
+def test_auxiliary_losses_are_added():
+    out = _output(batch=1, requires_grad=False)
+    result = DetectionCriterion(aux_losses=[_ImageMean()])(out, [_target([], [])], torch.rand(1, 3, 64, 64))
+    assert result["loss_aux"].item() == 0.5
+    parts = result["loss_cls"] + result["loss_box"] + result["loss_quality"] + result["loss_aux"]
+    assert result["loss"].item() == pytest.approx(parts.item())

@@ -1,0 +1,97 @@
+"""Lightning callbacks at the edge: config upload to W&B, COCO-format prediction writer, final metrics table."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+log = logging.getLogger(__name__)
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Saves the resolved LightningCLI config beside the logs and as the W&B run config.
+
+    With a :class:`WandbLogger`, Lightning's log dir is the logger's ``save_dir``, shared by every run; so
+    the file is overwritten there (the known ``config.yaml`` clash, Lightning#7679) and the copy that
+    belongs to the run is uploaded to W&B: as the run config (searchable, comparable) and as
+    ``config.yaml`` in the run's files.
+    """
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                text = self.parser.dump(self.config, skip_none=False)
+                logger.experiment.config.update(yaml.safe_load(text), allow_val_change=True)
+                run_dir = Path(logger.experiment.dir)
+                (run_dir / "config.yaml").write_text(text)
+
+
+class CocoPredictionWriter(BasePredictionWriter):
+    """Writes ``predict`` results as a COCO detection-results json.
+
+    Each record is ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in original-image pixels
+    with the dataset's original category ids (read from the datamodule's ``category_ids``); a
+    ``file_name`` per record is added so results for a bare image folder stay traceable.
+
+    Args:
+        output_file: where to write the json (a ``.rank<N>`` suffix is added under multi-process predict).
+    """
+
+    def __init__(self, output_file: str = "predictions.json"):
+        super().__init__(write_interval="epoch")
+        self.output_file = output_file
+
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
+    ) -> None:
+        category_ids = getattr(trainer.datamodule, "category_ids", None)
+        records = []
+        for batch in _flatten(predictions):
+            for image in batch:
+                boxes_xyxy = image["boxes_xyxy"].tolist()
+                for (x1, y1, x2, y2), score, label in zip(boxes_xyxy, image["scores"].tolist(), image["labels"].tolist()):
+                    records.append(
+                        {
+                            "image_id": int(image["image_id"]),
+                            "file_name": image["file_name"],
+                            "category_id": int(category_ids[label]) if category_ids else int(label) + 1,
+                            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                            "score": round(float(score), 5),
+                        }
+                    )
+        path = Path(self.output_file)
+        if trainer.world_size > 1:
+            path = path.with_suffix(f".rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records))
+        rank_zero_info(f"Wrote {len(records)} detections to {os.path.abspath(path)}")
+
+
+def _flatten(predictions: Sequence[Any]):
+    # One dataloader gives a list of batches; several give a list of lists of batches.
+    for item in predictions:
+        if item and isinstance(item, list) and isinstance(item[0], list):
+            yield from item
+        else:
+            yield item
+
+
+class MetricsSummary(L.Callback):
+    """Prints the final validation metrics at the end of ``fit`` (the logged values, on the whole split)."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if rows:
+            width = max(len(k) for k in rows)
+            lines = [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(rows.items())]
+            rank_zero_info("Final validation metrics (epoch %d):\n%s" % (trainer.current_epoch, "\n".join(lines)))

@@ -1,0 +1,154 @@
+"""The Lightning data module for COCO-format splits (or the embedded synthetic dataset)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import lightning
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tod_lightning.data.coco import CocoDetection, ImageFolderDataset, read_categories
+from tod_lightning.data.collate import collate_detection
+from tod_lightning.data.splits import CocoSplit
+from tod_lightning.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
+from tod_lightning.data.transforms import EvalTransform, TrainAugmentation
+
+logger = logging.getLogger(__name__)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Give each data-loader worker its own augmentation stream.
+
+    Forked workers inherit the parent's albumentations generator state, so without a reseed every worker
+    would draw the same augmentations. ``torch.initial_seed()`` differs per worker (and per epoch, and
+    follows ``seed_everything``), so runs stay reproducible. (Not ``cv2.setNumThreads`` here: in a worker
+    forked after the parent used OpenCV's thread pool it deadlocks.)
+    """
+    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
+    if hasattr(transform, "set_seed"):
+        transform.set_seed(torch.initial_seed() % 2**32)
+
+
+class DetectionDataModule(lightning.LightningDataModule):
+    """Train/val/test/predict loaders of COCO-format splits, yielding :class:`~tod_lightning.structures.Batch`.
+
+    ``num_classes``, ``class_names`` and ``category_ids`` are known right after construction (read from the
+    first split's json), so a CLI can link ``data.num_classes`` to the model. All annotated splits must have
+    the same categories.
+
+    Args:
+        train, val, test: COCO splits (images folder + json); ``None`` for none.
+        predict: a COCO split, or a path to a bare folder of images (no annotations), or ``None``.
+        synthetic: if set, the embedded synthetic dataset of this spec is generated once under ``cache_dir``
+            (or reused) and fills those of ``train``/``val``/``test`` that are ``None``.
+        cache_dir: folder for generated data (the synthetic dataset).
+        batch_size: images per training batch.
+        eval_batch_size: images per val/test/predict batch (``None``: ``batch_size``).
+        num_workers: data-loader worker processes per loader (0: load in the main process).
+        train_augmentation: transform of training samples (``None``: ``TrainAugmentation()``).
+        eval_transform: transform of val/test/predict samples (``None``: ``EvalTransform()``, the identity).
+        size_divisor: padded batch height and width are multiples of this (pixels; the largest stride).
+        persistent_workers: keep workers alive between epochs (only applies when ``num_workers > 0``).
+        pin_memory: ``DataLoader(pin_memory=...)``.
+    """
+
+    def __init__(self, train: CocoSplit | None = None, val: CocoSplit | None = None, test: CocoSplit | None = None,
+                 predict: CocoSplit | str | None = None, synthetic: SyntheticSpec | None = None,
+                 cache_dir: str = ".cache/tod_lightning", batch_size: int = 8, eval_batch_size: int | None = None,
+                 num_workers: int = 2, train_augmentation: TrainAugmentation | None = None,
+                 eval_transform: EvalTransform | None = None, size_divisor: int = 32,
+                 persistent_workers: bool = True, pin_memory: bool = False):
+        super().__init__()
+        if synthetic is not None:
+            generated = ensure_synthetic_dataset(cache_dir, synthetic)
+            train, val, test = (split or generated.get(name) for name, split in
+                                (("train", train), ("val", val), ("test", test)))
+        self.splits: dict[str, CocoSplit | str | None] = {"train": train, "val": val, "test": test, "predict": predict}
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.train_augmentation = TrainAugmentation() if train_augmentation is None else train_augmentation
+        self.eval_transform = EvalTransform() if eval_transform is None else eval_transform
+        self.size_divisor, self.persistent_workers, self.pin_memory = size_divisor, persistent_workers, pin_memory
+        self.datasets: dict[str, Dataset] = {}
+
+        self._categories: tuple[list[int], list[str]] | None = None
+        first_file = None
+        for split in self.splits.values():
+            if isinstance(split, CocoSplit):
+                categories = read_categories(split.ann_file)
+                if self._categories is None:
+                    self._categories, first_file = categories, split.ann_file
+                elif categories != self._categories:
+                    raise ValueError(f"splits disagree on categories: {first_file} has "
+                                     f"{self._describe(self._categories)}, {split.ann_file} has "
+                                     f"{self._describe(categories)}")
+
+    @staticmethod
+    def _describe(categories: tuple[list[int], list[str]]) -> str:
+        return "{" + ", ".join(f"{i}: {n!r}" for i, n in zip(*categories)) + "}"
+
+    def _require_categories(self) -> tuple[list[int], list[str]]:
+        if self._categories is None:
+            raise ValueError("no annotated split (train/val/test/predict COCO json) to read the categories from")
+        return self._categories
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._require_categories()[0])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._require_categories()[1])
+
+    @property
+    def category_ids(self) -> list[int]:
+        """The original COCO category id of each contiguous label."""
+        return list(self._require_categories()[0])
+
+    def _build(self, name: str) -> None:
+        split = self.splits[name]
+        if split is None or name in self.datasets:
+            return
+        transform = self.train_augmentation if name == "train" else self.eval_transform
+        if isinstance(split, str):
+            dataset = ImageFolderDataset(split, transform)
+        else:
+            dataset = CocoDetection(split.images_dir, split.ann_file, transform)
+            if (dataset.category_ids, dataset.class_names) != self._categories:  # the cheap read guessed wrong
+                full = self._describe((dataset.category_ids, dataset.class_names))
+                raise ValueError(f"{split.ann_file}: categories {full} differ from "
+                                 f"{self._describe(self._require_categories())}")
+        self.datasets[name] = dataset
+        logger.info("%s split: %s", name, ", ".join(f"{k}={v}" for k, v in dataset.summary().items()))
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets ``stage`` needs (``fit``: train + val; ``None``: all)."""
+        names = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
+        for name in names.get(stage, ["train", "val", "test", "predict"]):
+            self._build(name)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        self._build(name)
+        if name not in self.datasets:
+            raise ValueError(f"no {name} split configured")
+        return DataLoader(
+            self.datasets[name], batch_size=batch_size, shuffle=shuffle, drop_last=False,
+            num_workers=self.num_workers,
+            collate_fn=functools.partial(collate_detection, size_divisor=self.size_divisor),
+            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and self.num_workers > 0,
+            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,9 @@
+"""Models: plain torch modules (no Lightning), usable for inference and export on their own."""
+
+from tod_lightning.models.backbone import Backbone, TimmBackbone
+from tod_lightning.models.detector import Detector
+from tod_lightning.models.heads import DenseHead
+from tod_lightning.models.necks import FPN, Neck
+from tod_lightning.models.postprocess import PostProcessor
+
+__all__ = ["Backbone", "DenseHead", "Detector", "FPN", "Neck", "PostProcessor", "TimmBackbone"]

@@ -1,0 +1,5 @@
+"""Dense heads: predict only; losses live in :mod:`tod_lightning.losses`."""
+
+from tod_lightning.models.heads.dense_head import DenseHead, HeadFactory
+
+__all__ = ["DenseHead"]

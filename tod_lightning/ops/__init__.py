@@ -1,0 +1,6 @@
+"""Pure tensor math (torch only): points per level, box coding, similarities."""
+
+from tod_lightning.ops.boxes import PointBoxCoder, box_area, boxes_inside, points_in_boxes
+from tod_lightning.ops.points import level_points
+
+__all__ = ["PointBoxCoder", "box_area", "boxes_inside", "level_points", "points_in_boxes"]

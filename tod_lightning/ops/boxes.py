@@ -1,0 +1,65 @@
+"""Box utilities and the point-relative box encoding of the dense head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def box_area(boxes_xyxy: Tensor) -> Tensor:
+    """``(N, 4)`` -> ``(N,)`` areas; degenerate boxes give 0, never a negative area."""
+    wh = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).clamp(min=0)
+    return wh[:, 0] * wh[:, 1]
+
+
+def points_in_boxes(points_xy: Tensor, boxes_xyxy: Tensor) -> Tensor:
+    """``(P, 2)``, ``(G, 4)`` -> ``(P, G)`` bool: point strictly inside the box."""
+    x, y = points_xy[:, 0:1], points_xy[:, 1:2]  # (P, 1)
+    return (x > boxes_xyxy[:, 0]) & (x < boxes_xyxy[:, 2]) & (y > boxes_xyxy[:, 1]) & (y < boxes_xyxy[:, 3])
+
+
+def boxes_inside(boxes_xyxy: Tensor, regions_xyxy: Tensor, min_overlap: float = 0.5) -> Tensor:
+    """``(N, 4)``, ``(M, 4)`` -> ``(N,)`` bool: at least ``min_overlap`` of the box area lies in one region.
+
+    This is the rule for ignore regions (VisDrone/COCO crowd style): a prediction mostly inside an
+    ignore region is neither a positive nor a negative.
+    """
+    if regions_xyxy.numel() == 0 or boxes_xyxy.numel() == 0:
+        return torch.zeros(boxes_xyxy.shape[0], dtype=torch.bool, device=boxes_xyxy.device)
+    lt = torch.maximum(boxes_xyxy[:, None, :2], regions_xyxy[None, :, :2])  # (N, M, 2)
+    rb = torch.minimum(boxes_xyxy[:, None, 2:], regions_xyxy[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)  # (N, M)
+    area = box_area(boxes_xyxy).clamp(min=1e-6)[:, None]
+    return (inter / area >= min_overlap).any(dim=1)
+
+
+class PointBoxCoder:
+    """Centre-offset / log-size encoding of a box relative to a sampling point.
+
+    ``(dx, dy, dw, dh)`` -> centre ``p + (dx, dy) * s``, size ``s * exp((dw, dh))`` for a point ``p`` of
+    stride ``s``. Unlike FCOS's ltrb distances this can represent a box that does not contain the
+    point, which tiny objects need: a 2-px box between the points of a stride-4 grid still gets a
+    positive (its nearest point) that can regress it exactly.
+
+    Args:
+        max_log_size: clamp of the predicted log-size before ``exp`` (keeps early training finite).
+    """
+
+    def __init__(self, max_log_size: float = math.log(1000.0 / 4.0)):
+        self.max_log_size = max_log_size
+
+    def decode(self, deltas: Tensor, points_xy: Tensor, strides: Tensor) -> Tensor:
+        """``(..., 4)`` deltas, ``(..., 2)`` points, ``(...,)`` strides -> ``(..., 4)`` boxes_xyxy."""
+        s = strides.unsqueeze(-1)
+        center = points_xy + deltas[..., :2] * s
+        size = s * deltas[..., 2:].clamp(max=self.max_log_size).exp()
+        return torch.cat([center - 0.5 * size, center + 0.5 * size], dim=-1)
+
+    def encode(self, boxes_xyxy: Tensor, points_xy: Tensor, strides: Tensor) -> Tensor:
+        """Inverse of :meth:`decode` (used by tests and by losses that regress deltas directly)."""
+        s = strides.unsqueeze(-1)
+        center = (boxes_xyxy[..., :2] + boxes_xyxy[..., 2:]) / 2
+        size = (boxes_xyxy[..., 2:] - boxes_xyxy[..., :2]).clamp(min=1e-6)
+        return torch.cat([(center - points_xy) / s, torch.log(size / s)], dim=-1)
