@@ -211,19 +211,21 @@ def _ddp_worker(rank, init_file, shards, queue):
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or "fork" not in mp.get_all_start_methods(),
-                    reason="needs torch.distributed and the fork start method")
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+@pytest.mark.timeout(180)
 def test_real_gloo_ddp(case, tmp_path):
     preds, targets, single = case
     # uneven shards, rank 1 padded with a duplicate of image 0, several updates per rank
     shards = [[(preds[0:2], targets[0:2]), (preds[2:4], targets[2:4])],
               [(preds[4:7], targets[4:7]), (preds[7:] + preds[:1], targets[7:] + targets[:1])]]
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a forked child of a process whose torch thread pools already ran (any earlier
+    # test) can hang inside gloo's collectives.
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_ddp_worker, args=(r, tmp_path / "store", shards, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=60) for _ in procs)
+    results = dict(queue.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0

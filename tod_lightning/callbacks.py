@@ -24,7 +24,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     With a :class:`WandbLogger`, Lightning's log dir is the logger's ``save_dir``, shared by every run; so
     the file is overwritten there (the known ``config.yaml`` clash, Lightning#7679) and the copy that
     belongs to the run is uploaded to W&B: as the run config (searchable, comparable) and as
-    ``config.yaml`` in the run's files.
+    ``lightning_config.yaml`` in the run's files (W&B keeps its own ``config.yaml`` there).
     """
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -33,7 +33,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
                 text = self.parser.dump(self.config, skip_none=False)
                 logger.experiment.config.update(yaml.safe_load(text), allow_val_change=True)
                 run_dir = Path(logger.experiment.dir)
-                (run_dir / "config.yaml").write_text(text)
+                (run_dir / "lightning_config.yaml").write_text(text)
 
 
 class CocoPredictionWriter(BasePredictionWriter):

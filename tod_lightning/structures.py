@@ -69,6 +69,11 @@ class Batch:
     image_sizes: Tensor
     file_names: list[str] = field(default_factory=list)
 
+    def pin_memory(self) -> "Batch":
+        """Called by ``DataLoader(pin_memory=True)``: pins the image tensor for asynchronous copies."""
+        self.images = self.images.pin_memory()
+        return self
+
     def images01(self) -> Tensor:
         """The images as float in [0, 1], on the images' device: ``(B, 3, H, W)``."""
         return self.images.float().div_(255.0)

@@ -1,8 +1,11 @@
-"""Datasets, transforms, collation and the Lightning data module."""
+"""Datasets, transforms, collation and the Lightning data module.
+
+The data module (which imports Lightning) is loaded lazily, so datasets, transforms and the synthetic
+generator stay usable, and cheap to import in worker processes, without it.
+"""
 
 from tod_lightning.data.coco import CocoDetection, ImageFolderDataset
 from tod_lightning.data.collate import collate_detection
-from tod_lightning.data.datamodule import DetectionDataModule
 from tod_lightning.data.splits import CocoSplit
 from tod_lightning.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
 from tod_lightning.data.transforms import EvalTransform, TrainAugmentation
@@ -18,3 +21,11 @@ __all__ = [
     "collate_detection",
     "ensure_synthetic_dataset",
 ]
+
+
+def __getattr__(name: str):
+    if name == "DetectionDataModule":
+        from tod_lightning.data.datamodule import DetectionDataModule
+
+        return DetectionDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
