@@ -1,6 +1,7 @@
 """Through the real LightningCLI: every config parses, a tiny run trains, checkpoints reload, predict writes COCO."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,10 @@ def test_quickstart_trains_validates_reloads_and_predicts(tmp_path, monkeypatch)
     assert torch.isfinite(metrics["train/loss"])
     assert cli.model.detector.head.num_classes == cli.datamodule.num_classes == 4  # linked from the data
 
+    # W&B (offline in tests) holds the resolved config of this run
+    saved = list(tmp_path.glob("wandb/offline-run-*/files/lightning_config.yaml"))
+    assert len(saved) == 1 and "class_path: tod_lightning.models.FPN" in saved[0].read_text()
+
     ckpt = next(c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor is None)
     assert Path(ckpt).name == "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4, "latest weights, not stale"
@@ -80,7 +85,15 @@ def test_quickstart_trains_validates_reloads_and_predicts(tmp_path, monkeypatch)
     # predict on a bare image folder writes COCO results with original category ids
     images = Path(val.datamodule.splits["val"].images_dir)
     out_file = tmp_path / "dets.json"
-    cli_main(["predict", *args, f"--ckpt_path={ckpt}", f"--data.predict={images}", f"--predict_writer.output_file={out_file}"])
+    cli_main(
+        [
+            "predict",
+            *args,
+            f"--ckpt_path={ckpt}",
+            f"--data.predict={images}",
+            f"--predict_writer.output_file={out_file}",
+        ]
+    )
     records = json.loads(out_file.read_text())
     assert records, "an untrained model still emits low-score detections above 0.05"
     assert set(records[0]) >= {"image_id", "category_id", "bbox", "score"}
@@ -118,3 +131,23 @@ def test_aitod_recipe_builds_without_pretraining_and_trains_one_step(tmp_path, m
     assert model.detector.strides == [4, 8, 16, 32, 64]
     assert model.detector.necks[0].out_channels[0] == 256
     assert model.postprocess.max_per_image == 1500
+
+
+def test_wandb_goes_offline_without_credentials(tmp_path, monkeypatch):
+    from cli import _wandb_offline_without_credentials
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    _wandb_offline_without_credentials()
+    assert os.environ["WANDB_MODE"] == "offline"
+
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    _wandb_offline_without_credentials()
+    assert "WANDB_MODE" not in os.environ, "credentials present: leave W&B online"
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    _wandb_offline_without_credentials()
+    assert os.environ["WANDB_MODE"] == "disabled", "an explicit user choice is kept"

@@ -28,14 +28,20 @@ CATEGORIES = [{"id": 12, "name": "ship"}, {"id": 3, "name": "car"}, {"id": 7, "n
 
 def _coco(images=None, annotations=None, categories=None) -> dict:
     """A small valid COCO dict: image 1 (64x48) with three objects and a crowd, image 2 (40x40) empty."""
-    images = images or [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
-                        {"id": 2, "file_name": "b.png", "width": 40, "height": 40}]
-    annotations = annotations if annotations is not None else [
-        {"id": 101, "image_id": 1, "category_id": 3, "bbox": [10, 5, 4, 3], "area": 12.0, "iscrowd": 0},
-        {"id": 102, "image_id": 1, "category_id": 12, "bbox": [30, 20, 2, 2], "area": 4.0, "iscrowd": 0},
-        {"id": 103, "image_id": 1, "category_id": 7, "bbox": [50, 30, 5.5, 6], "iscrowd": 0},  # no "area"
-        {"id": 104, "image_id": 1, "category_id": 3, "bbox": [0, 0, 8, 8], "area": 64.0, "iscrowd": 1},
+    images = images or [
+        {"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+        {"id": 2, "file_name": "b.png", "width": 40, "height": 40},
     ]
+    annotations = (
+        annotations
+        if annotations is not None
+        else [
+            {"id": 101, "image_id": 1, "category_id": 3, "bbox": [10, 5, 4, 3], "area": 12.0, "iscrowd": 0},
+            {"id": 102, "image_id": 1, "category_id": 12, "bbox": [30, 20, 2, 2], "area": 4.0, "iscrowd": 0},
+            {"id": 103, "image_id": 1, "category_id": 7, "bbox": [50, 30, 5.5, 6], "iscrowd": 0},  # no "area"
+            {"id": 104, "image_id": 1, "category_id": 3, "bbox": [0, 0, 8, 8], "area": 64.0, "iscrowd": 1},
+        ]
+    )
     return {"images": images, "annotations": annotations, "categories": categories or CATEGORIES}
 
 
@@ -56,8 +62,12 @@ def _run(transform, image_hw=(128, 128), boxes_xyxy=(), labels=None, ignore_xyxy
     boxes_xyxy = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
     labels = np.arange(len(boxes_xyxy)) if labels is None else np.asarray(labels)
     image = np.full((*image_hw, 3), 128, np.uint8)
-    return transform(image=image, boxes_xyxy=boxes_xyxy, labels=labels,
-                     ignore_xyxy=np.asarray(ignore_xyxy, np.float32).reshape(-1, 4))
+    return transform(
+        image=image,
+        boxes_xyxy=boxes_xyxy,
+        labels=labels,
+        ignore_xyxy=np.asarray(ignore_xyxy, np.float32).reshape(-1, 4),
+    )
 
 
 # ---------------------------------------------------------------- COCO loading and validation
@@ -92,6 +102,7 @@ def test_image_is_rgb(tmp_path):
 def _with_annotation(**changes):
     def edit(coco):
         coco["annotations"][0].update(changes)
+
     return edit
 
 
@@ -99,19 +110,22 @@ def _duplicate_image(coco):
     coco["images"].append(dict(coco["images"][0], file_name="c.png"))
 
 
-@pytest.mark.parametrize("edit, record", [
-    (_with_annotation(category_id=99), "annotation id=101"),
-    (_with_annotation(bbox=[10, float("nan"), 4, 3]), "annotation id=101"),
-    (_with_annotation(bbox=[10, 5, float("inf"), 3]), "annotation id=101"),
-    (_with_annotation(bbox=[10, "5", 4, 3]), "annotation id=101"),
-    (_with_annotation(bbox=[10, 5, 4]), "annotation id=101"),
-    (_with_annotation(bbox=[10, 5, 0, 3]), "annotation id=101"),
-    (_with_annotation(bbox=[10, 5, 4, -1]), "annotation id=101"),
-    (_with_annotation(image_id=42), "annotation id=101"),
-    (_with_annotation(bbox=[70, 5, 4, 3]), "annotation id=101"),  # entirely right of the 64-px-wide image
-    (_with_annotation(bbox=[-9, 5, 4, 3]), "annotation id=101"),  # entirely left
-    (_duplicate_image, "image id=1"),
-])
+@pytest.mark.parametrize(
+    "edit, record",
+    [
+        (_with_annotation(category_id=99), "annotation id=101"),
+        (_with_annotation(bbox=[10, float("nan"), 4, 3]), "annotation id=101"),
+        (_with_annotation(bbox=[10, 5, float("inf"), 3]), "annotation id=101"),
+        (_with_annotation(bbox=[10, "5", 4, 3]), "annotation id=101"),
+        (_with_annotation(bbox=[10, 5, 4]), "annotation id=101"),
+        (_with_annotation(bbox=[10, 5, 0, 3]), "annotation id=101"),
+        (_with_annotation(bbox=[10, 5, 4, -1]), "annotation id=101"),
+        (_with_annotation(image_id=42), "annotation id=101"),
+        (_with_annotation(bbox=[70, 5, 4, 3]), "annotation id=101"),  # entirely right of the 64-px-wide image
+        (_with_annotation(bbox=[-9, 5, 4, 3]), "annotation id=101"),  # entirely left
+        (_duplicate_image, "image id=1"),
+    ],
+)
 def test_bad_record_raises_naming_file_and_record(tmp_path, edit, record):
     coco = _coco()
     edit(coco)
@@ -121,7 +135,7 @@ def test_bad_record_raises_naming_file_and_record(tmp_path, edit, record):
     assert split.ann_file in str(error.value) and record in str(error.value)
 
 
-@pytest.mark.parametrize("text", ["{}", "", "{\"images\": [", "[1, 2]"])
+@pytest.mark.parametrize("text", ["{}", "", '{"images": [', "[1, 2]"])
 def test_empty_or_malformed_json_raises_naming_file(tmp_path, text):
     ann_file = tmp_path / "broken.json"
     ann_file.write_text(text)
@@ -130,11 +144,13 @@ def test_empty_or_malformed_json_raises_naming_file(tmp_path, text):
 
 
 def test_partially_outside_box_is_clipped(tmp_path):
-    coco = _coco(annotations=[
-        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [-5, 10, 20, 10]},
-        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [60, 40, 10, 10]},
-        {"id": 3, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2]},
-    ])
+    coco = _coco(
+        annotations=[
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [-5, 10, 20, 10]},
+            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [60, 40, 10, 10]},
+            {"id": 3, "image_id": 1, "category_id": 3, "bbox": [1, 1, 2, 2]},
+        ]
+    )
     split = _write_split(tmp_path, coco)
     dataset = CocoDetection(split.images_dir, split.ann_file)
     assert dataset.num_clipped == 2
@@ -244,10 +260,13 @@ def test_no_box_is_silently_lost():
 
 
 def test_eval_transform_resizes_keeping_ratio_and_scale_maps_back(tmp_path):
-    coco = _coco(images=[{"id": 1, "file_name": "a.png", "width": 101, "height": 67}], annotations=[
-        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10.5, 5.25, 3, 2]},
-        {"id": 2, "image_id": 1, "category_id": 7, "bbox": [90, 60, 11, 7]},
-    ])
+    coco = _coco(
+        images=[{"id": 1, "file_name": "a.png", "width": 101, "height": 67}],
+        annotations=[
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10.5, 5.25, 3, 2]},
+            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [90, 60, 11, 7]},
+        ],
+    )
     split = _write_split(tmp_path, coco)
     for image_size in (50, 160):  # down and up
         sample = CocoDetection(split.images_dir, split.ann_file, EvalTransform(image_size))[0]
@@ -255,8 +274,9 @@ def test_eval_transform_resizes_keeping_ratio_and_scale_maps_back(tmp_path):
         assert w == image_size and h == round(67 * image_size / 101)
         sy, sx = sample["scale"]
         assert (sy, sx) == (h / 67, w / 101) and sample["num_dropped"] == 0
-        np.testing.assert_allclose(sample["boxes_xyxy"] / np.array([sx, sy, sx, sy]), sample["orig_boxes_xyxy"],
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            sample["boxes_xyxy"] / np.array([sx, sy, sx, sy]), sample["orig_boxes_xyxy"], atol=1e-3
+        )
     identity = CocoDetection(split.images_dir, split.ann_file, EvalTransform())[0]
     assert identity["image"].shape == (67, 101, 3) and identity["scale"] == (1.0, 1.0)
     np.testing.assert_array_equal(identity["boxes_xyxy"], identity["orig_boxes_xyxy"])
@@ -280,10 +300,16 @@ def _sample(h, w, num_boxes, image_id):
     return {
         "image": np.full((h, w, 3), 200, np.uint8),
         "boxes_xyxy": np.tile([[1, 2, 5, 6]], (num_boxes, 1)).astype(np.float32),
-        "labels": np.zeros(num_boxes, np.int64), "ignore_xyxy": np.zeros((0, 4), np.float32), "image_id": image_id,
-        "file_name": f"{image_id}.png", "orig_size": (h, w), "scale": (1.0, 1.0),
-        "orig_boxes_xyxy": np.zeros((num_boxes, 4), np.float32), "orig_labels": np.zeros(num_boxes, np.int64),
-        "orig_areas": np.zeros(num_boxes, np.float32), "orig_iscrowd": np.zeros(num_boxes, bool),
+        "labels": np.zeros(num_boxes, np.int64),
+        "ignore_xyxy": np.zeros((0, 4), np.float32),
+        "image_id": image_id,
+        "file_name": f"{image_id}.png",
+        "orig_size": (h, w),
+        "scale": (1.0, 1.0),
+        "orig_boxes_xyxy": np.zeros((num_boxes, 4), np.float32),
+        "orig_labels": np.zeros(num_boxes, np.int64),
+        "orig_areas": np.zeros(num_boxes, np.float32),
+        "orig_iscrowd": np.zeros(num_boxes, bool),
         "num_dropped": image_id,
     }
 
@@ -308,8 +334,10 @@ def test_collate_pads_with_zeros_to_a_multiple_of_size_divisor():
 def tiny_splits(tmp_path):
     train = _write_split(tmp_path / "train", _coco())
     images = [{"id": 5, "file_name": "v.png", "width": 50, "height": 70}]
-    val = _write_split(tmp_path / "val", _coco(images=images, annotations=[
-        {"id": 1, "image_id": 5, "category_id": 7, "bbox": [3, 3, 2, 2]}]))
+    val = _write_split(
+        tmp_path / "val",
+        _coco(images=images, annotations=[{"id": 1, "image_id": 5, "category_id": 7, "bbox": [3, 3, 2, 2]}]),
+    )
     folder = tmp_path / "bare"
     folder.mkdir()
     for name, (h, w) in {"x.jpg": (33, 40), "y.PNG": (20, 64)}.items():
@@ -321,8 +349,9 @@ def tiny_splits(tmp_path):
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_datamodule_batches_from_every_loader(tiny_splits, num_workers):
     train, val, folder = tiny_splits
-    dm = DetectionDataModule(train=train, val=val, test=val, predict=folder, batch_size=2, num_workers=num_workers,
-                             size_divisor=16)
+    dm = DetectionDataModule(
+        train=train, val=val, test=val, predict=folder, batch_size=2, num_workers=num_workers, size_divisor=16
+    )
     assert dm.num_classes == 3 and dm.class_names == ["car", "person", "ship"] and dm.category_ids == [3, 7, 12]
     for stage in ("fit", "test", "predict"):
         dm.setup(stage)
@@ -373,17 +402,20 @@ def test_datamodule_generates_the_synthetic_dataset(tmp_path):
 
 def test_worker_augmentation_streams_differ(tmp_path):
     """Forked workers inherit one albumentations generator state; the datamodule must reseed each worker."""
-    coco = _coco(images=[{"id": i, "file_name": "a.png", "width": 64, "height": 48} for i in range(1, 17)],
-                 annotations=[])  # 16 records of one image: a sample differs only by its flips
+    coco = _coco(
+        images=[{"id": i, "file_name": "a.png", "width": 64, "height": 48} for i in range(1, 17)], annotations=[]
+    )  # 16 records of one image: a sample differs only by its flips
     split = _write_split(tmp_path, coco)
     augmentation = TrainAugmentation(hflip=0.5, vflip=0.5, scale_range=(1.0, 1.0), photometric=0.0)
-    dm = DetectionDataModule(train=split, batch_size=1, num_workers=2, persistent_workers=False,
-                             train_augmentation=augmentation)
+    dm = DetectionDataModule(
+        train=split, batch_size=1, num_workers=2, persistent_workers=False, train_augmentation=augmentation
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     torch.manual_seed(0)  # the workers' seeds derive from it
-    unshuffled = torch.utils.data.DataLoader(loader.dataset, batch_size=1, num_workers=2, collate_fn=loader.collate_fn,
-                                             worker_init_fn=loader.worker_init_fn)  # worker 0 even, worker 1 odd
+    unshuffled = torch.utils.data.DataLoader(
+        loader.dataset, batch_size=1, num_workers=2, collate_fn=loader.collate_fn, worker_init_fn=loader.worker_init_fn
+    )  # worker 0 even, worker 1 odd
     images = [batch.images[0] for batch in unshuffled]
     # with the same stream, every pair (2k, 2k+1) would be flipped alike
     assert not all(torch.equal(images[i], images[i + 1]) for i in range(0, 16, 2))

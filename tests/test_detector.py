@@ -12,7 +12,10 @@ from tod_lightning.structures import DetectorOutput
 
 def _detector(num_classes: int = 3) -> Detector:
     return Detector(
-        TimmBackbone("resnet18"), [partial(FPN, out_channels=32, max_level=6)], partial(DenseHead, num_convs=1), num_classes
+        TimmBackbone("resnet18"),
+        [partial(FPN, out_channels=32, max_level=6)],
+        partial(DenseHead, num_convs=1),
+        num_classes,
     )
 
 

@@ -27,14 +27,23 @@ def make_case(seed=0, n_images=8, n_classes=4):
     preds, targets = [], []
     for img in range(n_images):
         n_gt = 220 if img % 3 == 0 else int(rng.integers(5, 60))  # some crowded images
-        side = np.concatenate([rng.uniform(2, 8, n_gt // 3), rng.uniform(8, 16, n_gt // 3),
-                               rng.uniform(16, 32, n_gt // 6), rng.uniform(32, 90, n_gt - n_gt // 3 * 2 - n_gt // 6)])
+        side = np.concatenate(
+            [
+                rng.uniform(2, 8, n_gt // 3),
+                rng.uniform(8, 16, n_gt // 3),
+                rng.uniform(16, 32, n_gt // 6),
+                rng.uniform(32, 90, n_gt - n_gt // 3 * 2 - n_gt // 6),
+            ]
+        )
         wh = side[:, None] * rng.uniform(0.7, 1.3, (n_gt, 2))
         xy = rng.uniform(0, 700, (n_gt, 2))
         gt = np.concatenate([xy, xy + wh], 1)
         # crowded images are dominated by class 0 so one (image, class) pair has > 100 detections
-        labels = rng.integers(0, n_classes, n_gt) if img % 3 else np.where(rng.random(n_gt) < 0.7, 0,
-                                                                            rng.integers(0, n_classes, n_gt))
+        labels = (
+            rng.integers(0, n_classes, n_gt)
+            if img % 3
+            else np.where(rng.random(n_gt) < 0.7, 0, rng.integers(0, n_classes, n_gt))
+        )
         if img == 0:
             gt[0] = [100, 100, 108, 108]  # area exactly 64: counts in both vt and t
         iscrowd = np.zeros(n_gt, dtype=bool)
@@ -52,11 +61,19 @@ def make_case(seed=0, n_images=8, n_classes=4):
         boxes = np.concatenate([tp, fp])
         boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 0.5)
         scores = np.concatenate([rng.uniform(0.3, 1.0, len(src)), rng.uniform(0.0, 0.8, n_fp)])
-        preds.append({"boxes_xyxy": torch.tensor(boxes, dtype=torch.float32),
-                      "scores": torch.tensor(scores, dtype=torch.float32),
-                      "labels": torch.tensor(np.concatenate([tp_lab, fp_lab]), dtype=torch.int64)})
-        target = {"boxes_xyxy": torch.tensor(gt, dtype=torch.float32), "labels": torch.tensor(labels),
-                  "image_id": 1000 + img, "iscrowd": torch.tensor(iscrowd)}
+        preds.append(
+            {
+                "boxes_xyxy": torch.tensor(boxes, dtype=torch.float32),
+                "scores": torch.tensor(scores, dtype=torch.float32),
+                "labels": torch.tensor(np.concatenate([tp_lab, fp_lab]), dtype=torch.int64),
+            }
+        )
+        target = {
+            "boxes_xyxy": torch.tensor(gt, dtype=torch.float32),
+            "labels": torch.tensor(labels),
+            "image_id": 1000 + img,
+            "iscrowd": torch.tensor(iscrowd),
+        }
         if img == 1:  # explicit areas (e.g. from a json) instead of box w*h: they decide the bins
             target["areas"] = torch.tensor((gt[:, 2:] - gt[:, :2]).prod(1) * rng.uniform(0.5, 1.0, n_gt))
         targets.append(target)
@@ -66,7 +83,7 @@ def make_case(seed=0, n_images=8, n_classes=4):
 def run_metric(preds, targets, chunk=3, **kwargs):
     metric = AITODMetric(**kwargs)
     for i in range(0, len(preds), chunk):
-        metric.update(preds[i:i + chunk], targets[i:i + chunk])
+        metric.update(preds[i : i + chunk], targets[i : i + chunk])
     return {k: float(v) for k, v in metric.compute().items()}
 
 
@@ -83,16 +100,28 @@ def pycoco_rows(preds, targets, area_ranges=DEFAULT_AREA_RANGES, max_dets=(1, 10
         areas = t["areas"].double().numpy() if "areas" in t else (gb[:, 2] - gb[:, 0]) * (gb[:, 3] - gb[:, 1])
         crowd = t["iscrowd"].numpy() if "iscrowd" in t else np.zeros(len(gb), bool)
         for b, lab, a, c in zip(gb, t["labels"].tolist(), areas, crowd):
-            gt_anns.append({"id": len(gt_anns) + 1, "image_id": iid, "category_id": lab + 1, "area": float(a),
-                            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": int(c)})
+            gt_anns.append(
+                {
+                    "id": len(gt_anns) + 1,
+                    "image_id": iid,
+                    "category_id": lab + 1,
+                    "area": float(a),
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "iscrowd": int(c),
+                }
+            )
         for b, s, lab in zip(p["boxes_xyxy"].double().numpy(), p["scores"].double().tolist(), p["labels"].tolist()):
-            dt_anns.append({"image_id": iid, "category_id": lab + 1, "score": s,
-                            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+            dt_anns.append(
+                {"image_id": iid, "category_id": lab + 1, "score": s, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+            )
     cats = sorted({a["category_id"] for a in gt_anns})
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": [{"id": int(t["image_id"])} for t in targets],
-                      "categories": [{"id": c} for c in cats], "annotations": gt_anns}
+        gt.dataset = {
+            "images": [{"id": int(t["image_id"])} for t in targets],
+            "categories": [{"id": c} for c in cats],
+            "annotations": gt_anns,
+        }
         gt.createIndex()
         ev = COCOeval(gt, gt.loadRes(dt_anns), "bbox")
         ev.params.areaRng = [[0, 1e10], *map(list, area_ranges.values())]
@@ -216,8 +245,10 @@ def _ddp_worker(rank, init_file, shards, queue):
 def test_real_gloo_ddp(case, tmp_path):
     preds, targets, single = case
     # uneven shards, rank 1 padded with a duplicate of image 0, several updates per rank
-    shards = [[(preds[0:2], targets[0:2]), (preds[2:4], targets[2:4])],
-              [(preds[4:7], targets[4:7]), (preds[7:] + preds[:1], targets[7:] + targets[:1])]]
+    shards = [
+        [(preds[0:2], targets[0:2]), (preds[2:4], targets[2:4])],
+        [(preds[4:7], targets[4:7]), (preds[7:] + preds[:1], targets[7:] + targets[:1])],
+    ]
     # spawn, not fork: a forked child of a process whose torch thread pools already ran (any earlier
     # test) can hang inside gloo's collectives.
     ctx = mp.get_context("spawn")

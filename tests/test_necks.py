@@ -12,7 +12,9 @@ BACKBONE_STRIDES = [4, 8, 16, 32]
 
 
 def _backbone_features(batch: int, h: int, w: int) -> list[torch.Tensor]:
-    return [torch.randn(batch, c, math.ceil(h / s), math.ceil(w / s)) for c, s in zip(BACKBONE_CHANNELS, BACKBONE_STRIDES)]
+    return [
+        torch.randn(batch, c, math.ceil(h / s), math.ceil(w / s)) for c, s in zip(BACKBONE_CHANNELS, BACKBONE_STRIDES)
+    ]
 
 
 def _build(name: str):

@@ -59,7 +59,9 @@ class CocoPredictionWriter(BasePredictionWriter):
         for batch in _flatten(predictions):
             for image in batch:
                 boxes_xyxy = image["boxes_xyxy"].tolist()
-                for (x1, y1, x2, y2), score, label in zip(boxes_xyxy, image["scores"].tolist(), image["labels"].tolist()):
+                for (x1, y1, x2, y2), score, label in zip(
+                    boxes_xyxy, image["scores"].tolist(), image["labels"].tolist()
+                ):
                     records.append(
                         {
                             "image_id": int(image["image_id"]),

@@ -37,10 +37,17 @@ DEFAULT_AREA_RANGES: dict[str, tuple[float, float]] = {
 # (all its images concatenated); per-image counts split them again. torchmetrics' sync pre-concatenates
 # list states, so a compute() costs one all_gather per state. iscrowd is uint8, not bool: gloo
 # all_gather and the F.pad of uneven shapes in gather_all_tensors handle it safely.
-_DET_STATES = {"det_boxes_xyxy": ("boxes_xyxy", (4,), torch.float32), "det_scores": ("scores", (), torch.float32),
-               "det_labels": ("labels", (), torch.int64)}
-_GT_STATES = {"gt_boxes_xyxy": ("boxes_xyxy", (4,), torch.float32), "gt_labels": ("labels", (), torch.int64),
-              "gt_areas": ("areas", (), torch.float64), "gt_iscrowd": ("iscrowd", (), torch.uint8)}
+_DET_STATES = {
+    "det_boxes_xyxy": ("boxes_xyxy", (4,), torch.float32),
+    "det_scores": ("scores", (), torch.float32),
+    "det_labels": ("labels", (), torch.int64),
+}
+_GT_STATES = {
+    "gt_boxes_xyxy": ("boxes_xyxy", (4,), torch.float32),
+    "gt_labels": ("labels", (), torch.int64),
+    "gt_areas": ("areas", (), torch.float64),
+    "gt_iscrowd": ("iscrowd", (), torch.uint8),
+}
 
 
 def _numpy(state: list[torch.Tensor] | torch.Tensor) -> np.ndarray | None:
@@ -63,9 +70,14 @@ class AITODMetric(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, area_ranges: dict[str, tuple[float, float]] | None = None,
-                 max_dets: tuple[int, int, int] = (1, 100, 1500), iou_thresholds: list[float] | None = None,
-                 class_metrics: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        area_ranges: dict[str, tuple[float, float]] | None = None,
+        max_dets: tuple[int, int, int] = (1, 100, 1500),
+        iou_thresholds: list[float] | None = None,
+        class_metrics: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.area_ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in (area_ranges or DEFAULT_AREA_RANGES).items()}
         if "all" in self.area_ranges:
@@ -136,23 +148,44 @@ class AITODMetric(Metric):
         cats = [{"id": int(c) + 1} for c in cat_labels]
         gt_boxes_xyxy = gt["gt_boxes_xyxy"].astype(np.float64)
         gt_boxes_xywh = np.concatenate([gt_boxes_xyxy[:, :2], gt_boxes_xyxy[:, 2:] - gt_boxes_xyxy[:, :2]], 1)
-        gt_anns = [{"id": j + 1, "image_id": i, "category_id": c + 1, "bbox": b, "area": a, "iscrowd": cr}
-                   for j, (i, c, b, a, cr) in enumerate(zip(gt["image_id"].tolist(), gt["gt_labels"].tolist(),
-                                                            gt_boxes_xywh.tolist(), gt["gt_areas"].tolist(),
-                                                            gt["gt_iscrowd"].astype(int).tolist()))]
+        gt_anns = [
+            {"id": j + 1, "image_id": i, "category_id": c + 1, "bbox": b, "area": a, "iscrowd": cr}
+            for j, (i, c, b, a, cr) in enumerate(
+                zip(
+                    gt["image_id"].tolist(),
+                    gt["gt_labels"].tolist(),
+                    gt_boxes_xywh.tolist(),
+                    gt["gt_areas"].tolist(),
+                    gt["gt_iscrowd"].astype(int).tolist(),
+                )
+            )
+        ]
         # Detections are built directly (not via loadRes, which adds polygons we do not need); the det
         # "area" (w*h) decides whether an unmatched detection is ignored in a bin, exactly as loadRes sets it.
         det_boxes_xyxy = det["det_boxes_xyxy"].astype(np.float64)
         det_boxes_xywh = np.concatenate([det_boxes_xyxy[:, :2], det_boxes_xyxy[:, 2:] - det_boxes_xyxy[:, :2]], 1)
         det_areas = (det_boxes_xywh[:, 2] * det_boxes_xywh[:, 3]).tolist()
-        dt_anns = [{"id": j + 1, "image_id": i, "category_id": c + 1, "bbox": b, "area": a, "score": s, "iscrowd": 0}
-                   for j, (i, c, b, a, s) in enumerate(zip(det["image_id"].tolist(), det["det_labels"].tolist(),
-                                                           det_boxes_xywh.tolist(), det_areas,
-                                                           det["det_scores"].astype(np.float64).tolist()))]
+        dt_anns = [
+            {"id": j + 1, "image_id": i, "category_id": c + 1, "bbox": b, "area": a, "score": s, "iscrowd": 0}
+            for j, (i, c, b, a, s) in enumerate(
+                zip(
+                    det["image_id"].tolist(),
+                    det["det_labels"].tolist(),
+                    det_boxes_xywh.tolist(),
+                    det_areas,
+                    det["det_scores"].astype(np.float64).tolist(),
+                )
+            )
+        ]
         coco_gt = COCO({"images": images, "categories": cats, "annotations": gt_anns})
         coco_dt = COCO({"images": images, "categories": cats, "annotations": dt_anns})
-        ev = COCOeval_faster(coco_gt, coco_dt, "bbox", ranges={k: list(v) for k, v in self.area_ranges.items()},
-                             print_function=lambda *a, **k: None)
+        ev = COCOeval_faster(
+            coco_gt,
+            coco_dt,
+            "bbox",
+            ranges={k: list(v) for k, v in self.area_ranges.items()},
+            print_function=lambda *a, **k: None,
+        )
         ev.params.maxDets = list(self.max_dets)
         if self.iou_thresholds is not None:
             ev.params.iouThrs = self.iou_thresholds
@@ -169,8 +202,11 @@ class AITODMetric(Metric):
             s = s[s > -1]
             return torch.tensor(float(np.mean(s)) if s.size else -1.0)
 
-        out = {"AP": summarize(precision), "AP50": summarize(precision, iou=0.5),
-               "AP75": summarize(precision, iou=0.75)}
+        out = {
+            "AP": summarize(precision),
+            "AP50": summarize(precision, iou=0.5),
+            "AP75": summarize(precision, iou=0.75),
+        }
         out.update({f"AP_{k}": summarize(precision, area=k) for k in labels})
         out["AR"] = summarize(recall)
         out.update({f"AR_{k}": summarize(recall, area=k) for k in labels})

@@ -56,9 +56,14 @@ class DetectionTask(L.LightningModule):
         super().__init__()
         # Under LightningCLI this stores the parsed config (not the objects), which is what lets
         # ``load_from_checkpoint`` rebuild injected parts; in plain Python it stores the plain arguments.
-        self.save_hyperparameters(ignore=["backbone", "necks", "head", "criterion", "postprocess"] if not _from_cli() else None)
+        self.save_hyperparameters(
+            ignore=["backbone", "necks", "head", "criterion", "postprocess"] if not _from_cli() else None
+        )
         self.detector = Detector(
-            backbone or TimmBackbone("resnet18"), list(necks) if necks is not None else [FPN], head or DenseHead, num_classes
+            backbone or TimmBackbone("resnet18"),
+            list(necks) if necks is not None else [FPN],
+            head or DenseHead,
+            num_classes,
         )
         self.criterion = criterion or DetectionCriterion()
         self.postprocess = postprocess or PostProcessor()
@@ -105,7 +110,14 @@ class DetectionTask(L.LightningModule):
             )
         metric.update(preds, targets)
         capped = sum(d.scores.numel() >= self.postprocess.max_per_image for d in detections)
-        self.log(f"{stage}/capped_images", float(capped), on_epoch=True, reduce_fx="sum", batch_size=len(batch), sync_dist=True)
+        self.log(
+            f"{stage}/capped_images",
+            float(capped),
+            on_epoch=True,
+            reduce_fx="sum",
+            batch_size=len(batch),
+            sync_dist=True,
+        )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metric)

@@ -164,8 +164,14 @@ def _parse_annotation(
 
 
 def _make_sample(
-    transform: Transform | None, image_rgb: np.ndarray, image_id: int, file_name: str,
-    orig_boxes_xyxy: np.ndarray, orig_labels: np.ndarray, orig_areas: np.ndarray, orig_iscrowd: np.ndarray,
+    transform: Transform | None,
+    image_rgb: np.ndarray,
+    image_id: int,
+    file_name: str,
+    orig_boxes_xyxy: np.ndarray,
+    orig_labels: np.ndarray,
+    orig_areas: np.ndarray,
+    orig_iscrowd: np.ndarray,
 ) -> dict[str, Any]:
     """Run the transform on one decoded image and its annotations and assemble the sample dict."""
     is_object = ~orig_iscrowd
@@ -259,10 +265,20 @@ class CocoDetection(torch.utils.data.Dataset):
         path = os.path.join(self.images_dir, image.file_name)
         image_rgb = read_image_rgb(path)
         if image_rgb.shape[:2] != (image.height, image.width):
-            raise ValueError(f"{path}: decoded size {image_rgb.shape[:2]} (h, w) differs from "
-                             f"{self.ann_file} image id={image.image_id} ({image.height}, {image.width})")
-        return _make_sample(self.transform, image_rgb, image.image_id, image.file_name,
-                            image.boxes_xyxy, image.labels, image.areas, image.iscrowd)
+            raise ValueError(
+                f"{path}: decoded size {image_rgb.shape[:2]} (h, w) differs from "
+                f"{self.ann_file} image id={image.image_id} ({image.height}, {image.width})"
+            )
+        return _make_sample(
+            self.transform,
+            image_rgb,
+            image.image_id,
+            image.file_name,
+            image.boxes_xyxy,
+            image.labels,
+            image.areas,
+            image.iscrowd,
+        )
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -292,5 +308,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_rgb = read_image_rgb(os.path.join(self.images_dir, self.file_names[index]))
-        return _make_sample(self.transform, image_rgb, index + 1, self.file_names[index], np.zeros((0, 4), np.float32),
-                            np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool))
+        return _make_sample(
+            self.transform,
+            image_rgb,
+            index + 1,
+            self.file_names[index],
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros(0, bool),
+        )

@@ -34,19 +34,22 @@ def collate_detection(samples: list[dict[str, Any]], size_divisor: int) -> Batch
     for i, sample in enumerate(samples):
         h, w = sizes[i]
         images[i, :, :h, :w] = torch.from_numpy(sample["image"]).permute(2, 0, 1)  # (H_i, W_i, 3) -> (3, H_i, W_i)
-        targets.append(Target(
-            boxes_xyxy=torch.as_tensor(sample["boxes_xyxy"], dtype=torch.float32).reshape(-1, 4),
-            labels=torch.as_tensor(sample["labels"], dtype=torch.int64).reshape(-1),
-            image_id=int(sample["image_id"]),
-            orig_size=tuple(int(v) for v in sample["orig_size"]),
-            scale=tuple(float(v) for v in sample["scale"]),
-            ignore_xyxy=torch.as_tensor(sample["ignore_xyxy"], dtype=torch.float32).reshape(-1, 4),
-            orig_boxes_xyxy=torch.as_tensor(sample["orig_boxes_xyxy"], dtype=torch.float32).reshape(-1, 4),
-            orig_labels=torch.as_tensor(sample["orig_labels"], dtype=torch.int64).reshape(-1),
-            orig_areas=torch.as_tensor(sample["orig_areas"], dtype=torch.float32).reshape(-1),
-            orig_iscrowd=torch.as_tensor(sample["orig_iscrowd"], dtype=torch.bool).reshape(-1),
-            num_dropped=int(sample["num_dropped"]),
-        ))
+        targets.append(
+            Target(
+                boxes_xyxy=torch.as_tensor(sample["boxes_xyxy"], dtype=torch.float32).reshape(-1, 4),
+                labels=torch.as_tensor(sample["labels"], dtype=torch.int64).reshape(-1),
+                image_id=int(sample["image_id"]),
+                orig_size=tuple(int(v) for v in sample["orig_size"]),
+                scale=tuple(float(v) for v in sample["scale"]),
+                ignore_xyxy=torch.as_tensor(sample["ignore_xyxy"], dtype=torch.float32).reshape(-1, 4),
+                orig_boxes_xyxy=torch.as_tensor(sample["orig_boxes_xyxy"], dtype=torch.float32).reshape(-1, 4),
+                orig_labels=torch.as_tensor(sample["orig_labels"], dtype=torch.int64).reshape(-1),
+                orig_areas=torch.as_tensor(sample["orig_areas"], dtype=torch.float32).reshape(-1),
+                orig_iscrowd=torch.as_tensor(sample["orig_iscrowd"], dtype=torch.bool).reshape(-1),
+                num_dropped=int(sample["num_dropped"]),
+            )
+        )
     image_sizes = torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2)  # (B, 2)
-    return Batch(images=images, targets=targets, image_sizes=image_sizes,
-                 file_names=[sample["file_name"] for sample in samples])
+    return Batch(
+        images=images, targets=targets, image_sizes=image_sizes, file_names=[sample["file_name"] for sample in samples]
+    )

@@ -54,17 +54,29 @@ class DetectionDataModule(lightning.LightningDataModule):
         pin_memory: ``DataLoader(pin_memory=...)``.
     """
 
-    def __init__(self, train: CocoSplit | None = None, val: CocoSplit | None = None, test: CocoSplit | None = None,
-                 predict: CocoSplit | str | None = None, synthetic: SyntheticSpec | None = None,
-                 cache_dir: str = ".cache/tod_lightning", batch_size: int = 8, eval_batch_size: int | None = None,
-                 num_workers: int = 2, train_augmentation: TrainAugmentation | None = None,
-                 eval_transform: EvalTransform | None = None, size_divisor: int = 32,
-                 persistent_workers: bool = True, pin_memory: bool = False):
+    def __init__(
+        self,
+        train: CocoSplit | None = None,
+        val: CocoSplit | None = None,
+        test: CocoSplit | None = None,
+        predict: CocoSplit | str | None = None,
+        synthetic: SyntheticSpec | None = None,
+        cache_dir: str = ".cache/tod_lightning",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        train_augmentation: TrainAugmentation | None = None,
+        eval_transform: EvalTransform | None = None,
+        size_divisor: int = 32,
+        persistent_workers: bool = True,
+        pin_memory: bool = False,
+    ):
         super().__init__()
         if synthetic is not None:
             generated = ensure_synthetic_dataset(cache_dir, synthetic)
-            train, val, test = (split or generated.get(name) for name, split in
-                                (("train", train), ("val", val), ("test", test)))
+            train, val, test = (
+                split or generated.get(name) for name, split in (("train", train), ("val", val), ("test", test))
+            )
         self.splits: dict[str, CocoSplit | str | None] = {"train": train, "val": val, "test": test, "predict": predict}
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
@@ -81,9 +93,11 @@ class DetectionDataModule(lightning.LightningDataModule):
                 if self._categories is None:
                     self._categories, first_file = categories, split.ann_file
                 elif categories != self._categories:
-                    raise ValueError(f"splits disagree on categories: {first_file} has "
-                                     f"{self._describe(self._categories)}, {split.ann_file} has "
-                                     f"{self._describe(categories)}")
+                    raise ValueError(
+                        f"splits disagree on categories: {first_file} has "
+                        f"{self._describe(self._categories)}, {split.ann_file} has "
+                        f"{self._describe(categories)}"
+                    )
 
     @staticmethod
     def _describe(categories: tuple[list[int], list[str]]) -> str:
@@ -118,8 +132,9 @@ class DetectionDataModule(lightning.LightningDataModule):
             dataset = CocoDetection(split.images_dir, split.ann_file, transform)
             if (dataset.category_ids, dataset.class_names) != self._categories:  # the cheap read guessed wrong
                 full = self._describe((dataset.category_ids, dataset.class_names))
-                raise ValueError(f"{split.ann_file}: categories {full} differ from "
-                                 f"{self._describe(self._require_categories())}")
+                raise ValueError(
+                    f"{split.ann_file}: categories {full} differ from {self._describe(self._require_categories())}"
+                )
         self.datasets[name] = dataset
         logger.info("%s split: %s", name, ", ".join(f"{k}={v}" for k, v in dataset.summary().items()))
 
@@ -134,10 +149,14 @@ class DetectionDataModule(lightning.LightningDataModule):
         if name not in self.datasets:
             raise ValueError(f"no {name} split configured")
         return DataLoader(
-            self.datasets[name], batch_size=batch_size, shuffle=shuffle, drop_last=False,
+            self.datasets[name],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate_detection, size_divisor=self.size_divisor),
-            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers and self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
         )
 

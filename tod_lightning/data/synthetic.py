@@ -40,8 +40,10 @@ _CLASS_ASPECT = ((1.6, 2.1), (1.0, 1.3), (1.0, 1.15), (2.5, 3.8), (1.0, 1.25))
 # Area bins (px²) of ``SyntheticSpec.size_mix``, (low, high]; the first bin starts at a 2.5 px side.
 AREA_BINS = ((6.25, 64.0), (64.0, 256.0), (256.0, 1024.0), (1024.0, 2304.0))
 # Background tones (RGB): grass, dry grass, soil, sand, concrete, dark vegetation, dark soil.
-_GROUND_RGB = np.array([(92, 112, 64), (122, 128, 80), (128, 108, 82), (150, 140, 110),
-                        (112, 112, 106), (70, 88, 56), (104, 96, 88)], np.float32)
+_GROUND_RGB = np.array(
+    [(92, 112, 64), (122, 128, 80), (128, 108, 82), (150, 140, 110), (112, 112, 106), (70, 88, 56), (104, 96, 88)],
+    np.float32,
+)
 DENSE_LARGE_DAMPING = 0.15  # weight of the two large size bins in dense scenes: crowds are made of small things
 _BACKGROUND_MAX = 190.0  # keep clutter darker than the white/bright classes so it never mimics them
 
@@ -209,8 +211,9 @@ def _draw_object(rng: np.random.Generator, cls: int, length: int, width: int) ->
     if cls == 0:  # vehicle: rectangle, dark windshield stripe towards the front
         ink(lambda im, c: cv2.rectangle(im, (0, 0), (xe, ye), c, -1), base)
         x0 = int(big_l * rng.uniform(0.6, 0.68))
-        cv2.rectangle(colour, (x0, int(0.15 * big_w)), (x0 + max(s, int(0.14 * big_l)), int(0.85 * big_w)),
-                      (35.0, 35.0, 50.0), -1)
+        cv2.rectangle(
+            colour, (x0, int(0.15 * big_w)), (x0 + max(s, int(0.14 * big_l)), int(0.85 * big_w)), (35.0, 35.0, 50.0), -1
+        )
     elif cls == 1:  # person: round blob seen from above, darker head in the middle
         ink(lambda im, c: cv2.ellipse(im, (big_l // 2, big_w // 2), (big_l // 2, big_w // 2), 0, 0, 360, c, -1), base)
         cv2.circle(colour, (big_l // 2, big_w // 2), max(1, int(0.28 * short)), _c(0.45 * base), -1)
@@ -225,13 +228,23 @@ def _draw_object(rng: np.random.Generator, cls: int, length: int, width: int) ->
         if width >= 4:  # an outline on a 2-3 px ship would turn it dark grey
             cv2.polylines(colour, [hull], True, (35.0, 35.0, 45.0), max(s, int(0.12 * big_w)))
         if width >= 5:
-            cv2.rectangle(colour, (int(0.18 * xe), int(0.32 * ye)), (int(0.42 * xe), int(0.68 * ye)),
-                          (150.0, 150.0, 150.0), -1)
+            cv2.rectangle(
+                colour, (int(0.18 * xe), int(0.32 * ye)), (int(0.42 * xe), int(0.68 * ye)), (150.0, 150.0, 150.0), -1
+            )
     else:  # airplane: fuselage, swept wings, tail
         body = max(s, int(0.22 * big_w))
         ink(lambda im, c: cv2.rectangle(im, (0, ye // 2 - body // 2), (xe, ye // 2 + body // 2), c, -1), base)
-        wing = np.array([(0.4 * xe, 0), (0.55 * xe, 0), (0.7 * xe, 0.5 * ye), (0.55 * xe, ye), (0.4 * xe, ye),
-                         (0.5 * xe, 0.5 * ye)], np.int32)
+        wing = np.array(
+            [
+                (0.4 * xe, 0),
+                (0.55 * xe, 0),
+                (0.7 * xe, 0.5 * ye),
+                (0.55 * xe, ye),
+                (0.4 * xe, ye),
+                (0.5 * xe, 0.5 * ye),
+            ],
+            np.int32,
+        )
         ink(lambda im, c: cv2.fillPoly(im, [wing], c), base)
         ink(lambda im, c: cv2.rectangle(im, (0, int(0.28 * ye)), (int(0.12 * xe), int(0.72 * ye)), c, -1), base)
     colour = cv2.resize(colour * mask[..., None], (length, width), interpolation=cv2.INTER_AREA)
@@ -276,8 +289,13 @@ def _sample_count(rng: np.random.Generator, spec: SyntheticSpec, kind: str) -> i
     return 1 + int((spec.max_objects - 1) * rng.random() ** 2.5)  # skewed: ~40 % have <= 5 objects
 
 
-def render_scene(rng: np.random.Generator, spec: SyntheticSpec, num_objects: int | None = None,
-                 height: int | None = None, width: int | None = None) -> tuple[np.ndarray, list[dict]]:
+def render_scene(
+    rng: np.random.Generator,
+    spec: SyntheticSpec,
+    num_objects: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> tuple[np.ndarray, list[dict]]:
     """Render one scene: (height, width, 3) uint8 RGB and its annotations.
 
     ``height``/``width`` default to ``spec.image_size``. ``num_objects`` is how many to request
@@ -355,12 +373,19 @@ def _write_split(out_dir: Path, split: str, count: int, spec: SyntheticSpec) -> 
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "iscrowd": 0, **ann})
     coco = {
-        "info": {"description": "tod_lightning synthetic tiny objects", "generator_version": GENERATOR_VERSION,
-                 "fingerprint": spec.fingerprint(), "split": split, "spec": asdict(spec)},
+        "info": {
+            "description": "tod_lightning synthetic tiny objects",
+            "generator_version": GENERATOR_VERSION,
+            "fingerprint": spec.fingerprint(),
+            "split": split,
+            "spec": asdict(spec),
+        },
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": k + 1, "name": name, "supercategory": "object"}
-                       for k, name in enumerate(CLASS_NAMES[: spec.num_classes])],
+        "categories": [
+            {"id": k + 1, "name": name, "supercategory": "object"}
+            for k, name in enumerate(CLASS_NAMES[: spec.num_classes])
+        ],
     }
     (out_dir / "annotations").mkdir(exist_ok=True)
     (out_dir / "annotations" / f"{split}.json").write_text(json.dumps(coco))
@@ -400,8 +425,13 @@ def ensure_synthetic_dataset(root: str | os.PathLike, spec: SyntheticSpec = Synt
             seconds = time.perf_counter() - start
             marker = {"fingerprint": spec.fingerprint(), "pid": os.getpid(), "seconds": round(seconds, 2)}
             (final / DONE_MARKER).write_text(json.dumps(marker))
-            logger.info("generated synthetic dataset (%s images, %d objects) at %s in %.1f s",
-                        _split_sizes(spec), num_objects, final, seconds)
+            logger.info(
+                "generated synthetic dataset (%s images, %d objects) at %s in %.1f s",
+                _split_sizes(spec),
+                num_objects,
+                final,
+                seconds,
+            )
     images_dir, ann_dir = final / "images", final / "annotations"
     return {split: CocoSplit(str(images_dir / split), str(ann_dir / f"{split}.json")) for split in _split_sizes(spec)}
 

@@ -35,8 +35,14 @@ class _BoxPreservingTransform:
         self.min_box_size = float(min_box_size)
         # All of albumentations' own filters off (they are also the 2.0.8 defaults, stated here so that a change
         # of defaults cannot start dropping tiny boxes): it may then only remove boxes that left the frame.
-        bbox_params = A.BboxParams(format="pascal_voc", label_fields=["box_index"], min_area=0.0,
-                                   min_visibility=0.0, min_width=0.0, min_height=0.0)
+        bbox_params = A.BboxParams(
+            format="pascal_voc",
+            label_fields=["box_index"],
+            min_area=0.0,
+            min_visibility=0.0,
+            min_width=0.0,
+            min_height=0.0,
+        )
         # No transforms: no Compose (an empty one warns that its bbox processor has nothing to process).
         self.compose = A.Compose(transforms, bbox_params=bbox_params, seed=seed) if transforms else None
 
@@ -45,8 +51,7 @@ class _BoxPreservingTransform:
         if self.compose is not None:
             self.compose.set_random_seed(seed)
 
-    def __call__(self, image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray,
-                 ignore_xyxy: np.ndarray) -> dict:
+    def __call__(self, image: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, ignore_xyxy: np.ndarray) -> dict:
         boxes_xyxy = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
         ignore_xyxy = np.asarray(ignore_xyxy, np.float32).reshape(-1, 4)
         labels = np.asarray(labels, np.int64).reshape(-1)
@@ -97,9 +102,16 @@ class TrainAugmentation(_BoxPreservingTransform):
             per worker by the datamodule.
     """
 
-    def __init__(self, hflip: float = 0.5, vflip: float = 0.5, scale_range: tuple[float, float] = (0.75, 1.25),
-                 photometric: float = 0.8, min_box_size: float = 2.0, image_size: int | None = None,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        hflip: float = 0.5,
+        vflip: float = 0.5,
+        scale_range: tuple[float, float] = (0.75, 1.25),
+        photometric: float = 0.8,
+        min_box_size: float = 2.0,
+        image_size: int | None = None,
+        seed: int | None = None,
+    ):
         for name, p in (("hflip", hflip), ("vflip", vflip), ("photometric", photometric)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} is a probability, got {p}")
@@ -113,14 +125,20 @@ class TrainAugmentation(_BoxPreservingTransform):
         if (low, high) != (1.0, 1.0):
             # BORDER_CONSTANT: with reflect borders albumentations adds mirrored copies of the boxes, which would
             # be false targets and break our one-output-per-input accounting.
-            transforms.append(A.Affine(scale=(low, high), keep_ratio=True, border_mode=cv2.BORDER_CONSTANT,
-                                       fill=0, p=1.0))
-        transforms.append(A.Sequential([
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
-            A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=20, val_shift_limit=0, p=0.5),
-            # std as a fraction of 255; heavier noise erases 2-px objects.
-            A.GaussNoise(std_range=(0.01, 0.03), p=0.2),
-        ], p=photometric))
+            transforms.append(
+                A.Affine(scale=(low, high), keep_ratio=True, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)
+            )
+        transforms.append(
+            A.Sequential(
+                [
+                    A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
+                    A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=20, val_shift_limit=0, p=0.5),
+                    # std as a fraction of 255; heavier noise erases 2-px objects.
+                    A.GaussNoise(std_range=(0.01, 0.03), p=0.2),
+                ],
+                p=photometric,
+            )
+        )
         super().__init__(transforms, min_box_size, seed)
 
 

@@ -75,7 +75,9 @@ class DetectionCriterion(nn.Module):
         self.aux_losses = nn.ModuleList(aux_losses)
         self.coder = PointBoxCoder()
 
-    def forward(self, output: DetectorOutput, targets: list[Target], images01: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, output: DetectorOutput, targets: list[Target], images01: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Returns ``{"loss": total, "loss_cls", "loss_box", "loss_quality", "loss_<aux>"..., "num_pos"}``."""
         sizes = [tuple(m.shape[-2:]) for m in output.cls_logits]
         device = output.cls_logits[0].device
@@ -108,7 +110,9 @@ class DetectionCriterion(nn.Module):
             num_pos = num_pos / dist.get_world_size()
         norm = num_pos.clamp(min=1.0)
         weights = (
-            self.positive_weighting(matched_gt_xyxy) if self.positive_weighting is not None else torch.ones_like(norm).expand(matched.numel())
+            self.positive_weighting(matched_gt_xyxy)
+            if self.positive_weighting is not None
+            else torch.ones_like(norm).expand(matched.numel())
         )
 
         cls_targets = torch.zeros_like(cls_logits)

@@ -8,7 +8,7 @@ from torchvision.ops import batched_nms
 
 from tod_lightning.ops.boxes import PointBoxCoder
 from tod_lightning.ops.points import level_points
-from tod_lightning.structures import DetectorOutput, Detections
+from tod_lightning.structures import Detections, DetectorOutput
 
 
 def flatten_levels(maps: list[Tensor]) -> Tensor:
@@ -65,7 +65,10 @@ class PostProcessor:
         boxes_xyxy, top_scores, labels, image_idx = boxes_xyxy[keep], top_scores[keep], labels[keep], image_idx[keep]
         nonempty = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
         boxes_xyxy, top_scores, labels, image_idx = (
-            boxes_xyxy[nonempty], top_scores[nonempty], labels[nonempty], image_idx[nonempty]
+            boxes_xyxy[nonempty],
+            top_scores[nonempty],
+            labels[nonempty],
+            image_idx[nonempty],
         )
         kept = batched_nms(boxes_xyxy, top_scores, image_idx * k + labels, self.nms_iou)  # sorted by score
         # Stable sort by image keeps each image's detections in descending score order.

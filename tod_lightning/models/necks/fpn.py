@@ -35,7 +35,9 @@ class FPN(Neck):
             raise ValueError(f"FPN levels must satisfy 2 <= min_level <= max_level <= 7, got {min_level}..{max_level}")
         min_stride = 2**min_level
         if min_stride not in in_strides:
-            raise ValueError(f"FPN min_level={min_level} needs a backbone level of stride {min_stride}; got {in_strides}")
+            raise ValueError(
+                f"FPN min_level={min_level} needs a backbone level of stride {min_stride}; got {in_strides}"
+            )
         # Backbone levels used: from stride 2**min_level up to the backbone's deepest level (or max_level).
         self.in_index = [i for i, s in enumerate(in_strides) if min_stride <= s <= 2**max_level]
         used_channels = [in_channels[i] for i in self.in_index]
@@ -57,7 +59,9 @@ class FPN(Neck):
         laterals = [conv(features[i]) for conv, i in zip(self.lateral, self.in_index)]
         for i in range(len(laterals) - 1, 0, -1):
             # Nearest upsampling to the finer map's exact size: odd sizes (e.g. 61×47) do not double exactly.
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
+            )
         outs = [conv(x) for conv, x in zip(self.smooth, laterals)]
         for i, conv in enumerate(self.extra):
             outs.append(conv(outs[-1] if i == 0 else F.relu(outs[-1])))  # (B, C, ceil(H/2), ceil(W/2))
