@@ -7,18 +7,19 @@ import torch
 
 from tod_lightning.models import necks
 
+# Contract inputs look like an FPN's output (equal channels), which is what enhancers after the FPN see;
+# the FPN itself takes them too. Backbone-like unequal channels are tested on the FPN below.
+IN_CHANNELS = [32, 32, 32, 32]
 BACKBONE_CHANNELS = [24, 40, 112, 320]
 BACKBONE_STRIDES = [4, 8, 16, 32]
 
 
-def _backbone_features(batch: int, h: int, w: int) -> list[torch.Tensor]:
-    return [
-        torch.randn(batch, c, math.ceil(h / s), math.ceil(w / s)) for c, s in zip(BACKBONE_CHANNELS, BACKBONE_STRIDES)
-    ]
+def _backbone_features(batch: int, h: int, w: int, channels: list[int] = BACKBONE_CHANNELS) -> list[torch.Tensor]:
+    return [torch.randn(batch, c, math.ceil(h / s), math.ceil(w / s)) for c, s in zip(channels, BACKBONE_STRIDES)]
 
 
 def _build(name: str):
-    return getattr(necks, name)(BACKBONE_CHANNELS, BACKBONE_STRIDES)
+    return getattr(necks, name)(IN_CHANNELS, BACKBONE_STRIDES)
 
 
 @pytest.mark.parametrize("name", necks.__all__)
@@ -26,7 +27,7 @@ def _build(name: str):
 def test_declared_shapes(name, batch, h, w):
     neck = _build(name).eval()
     with torch.no_grad():
-        out, aux = neck(_backbone_features(batch, h, w), torch.rand(batch, 3, h, w))
+        out, aux = neck(_backbone_features(batch, h, w, IN_CHANNELS), torch.rand(batch, 3, h, w))
     assert isinstance(aux, dict)
     assert len(out) == len(neck.out_channels) == len(neck.out_strides)
     for feat, c, s in zip(out, neck.out_channels, neck.out_strides):
@@ -43,7 +44,7 @@ def test_empty_image_and_finite_gradients(name):
             p.add_(torch.randn_like(p) * 0.01)
     h, w = 64, 96
     images01 = torch.zeros(1, 3, h, w)  # an empty (all-black) image must not produce NaN
-    out, aux = neck(_backbone_features(1, h, w), images01)
+    out, aux = neck(_backbone_features(1, h, w, IN_CHANNELS), images01)
     loss = sum(o.square().mean() for o in out) + sum(a.float().square().mean() for a in aux.values())
     loss.backward()
     for pname, p in neck.named_parameters():
