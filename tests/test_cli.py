@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli import main as cli_main
+from tod_lightning.cli import main as cli_main
 from tod_lightning.task import DetectionTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +42,10 @@ def test_configs_exist():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_parses(config, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
+    # Method recipes in configs/model/ are layered on a base config, as users run them.
+    layers = ["configs/quickstart.yaml", config] if config.startswith("configs/model/") else [config]
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", config, "--print_config"])
+        cli_main(["fit", *(a for c in layers for a in ("--config", c)), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "model:" in printed and "data:" in printed
@@ -134,7 +136,7 @@ def test_aitod_recipe_builds_without_pretraining_and_trains_one_step(tmp_path, m
 
 
 def test_wandb_goes_offline_without_credentials(tmp_path, monkeypatch):
-    from cli import _wandb_offline_without_credentials
+    from tod_lightning.cli import _wandb_offline_without_credentials
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -88,8 +90,39 @@ def _flatten(predictions: Sequence[Any]):
             yield item
 
 
+class StepTimer(L.Callback):
+    """Logs the wall time of each training step (forward, loss, backward, optimizer) as ``perf/step_ms``.
+
+    The median over the run is kept in ``median_ms`` (robust to the slow first steps and to evaluation).
+    """
+
+    def __init__(self):
+        self.times_ms: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: Any, batch_idx: int):
+        elapsed = (time.perf_counter() - self._start) * 1000.0
+        self.times_ms.append(elapsed)
+        pl_module.log("perf/step_ms", elapsed, on_step=True, on_epoch=False, batch_size=1)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms) if self.times_ms else float("nan")
+
+
 class MetricsSummary(L.Callback):
-    """Prints the final validation metrics at the end of ``fit`` (the logged values, on the whole split)."""
+    """Prints the final validation metrics at the end of ``fit`` (the logged values, on the whole split).
+
+    Args:
+        output_file: if set, also writes them as JSON (with the median step time when a :class:`StepTimer`
+            is present), for tools such as the ablation runner.
+    """
+
+    def __init__(self, output_file: str | None = None):
+        self.output_file = output_file
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -97,3 +130,14 @@ class MetricsSummary(L.Callback):
             width = max(len(k) for k in rows)
             lines = [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(rows.items())]
             rank_zero_info("Final validation metrics (epoch %d):\n%s" % (trainer.current_epoch, "\n".join(lines)))
+        if self.output_file and trainer.is_global_zero:
+            timers = [c for c in trainer.callbacks if isinstance(c, StepTimer)]
+            summary = {
+                "metrics": rows,
+                "step_ms_median": timers[0].median_ms if timers else None,
+                "global_step": trainer.global_step,
+                "epochs": trainer.current_epoch,
+            }
+            path = Path(self.output_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(summary, indent=1))
