@@ -66,6 +66,9 @@ def test_quickstart_trains_validates_reloads_and_predicts(tmp_path, monkeypatch)
     # W&B (offline in tests) holds the resolved config of this run
     saved = list(tmp_path.glob("wandb/offline-run-*/files/lightning_config.yaml"))
     assert len(saved) == 1 and "class_path: tod_lightning.models.FPN" in saved[0].read_text()
+    # ... and the validation images the ValidationImageLogger sent (2 epochs x 3 images)
+    media = list(saved[0].parent.glob("media/images/val/images/image_*.png"))
+    assert len(media) == 6, media
 
     ckpt = next(c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor is None)
     assert Path(ckpt).name == "last.ckpt"

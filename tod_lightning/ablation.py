@@ -3,8 +3,9 @@
     python -m tod_lightning.ablation --out docs/ablation
 
 Every run goes through the real CLI (``python cli.py fit --config BASE [--config RECIPE] --config RUN``) in its
-own process (logs in ``--runs-dir``). Each finished run appends one row to ``<out>/runs.csv``, so an interrupted ablation resumes
-where it stopped; the table (mean ± std over seeds) is rebuilt from the CSV into ``<out>/table.md`` and printed.
+own process (logs in ``--runs-dir``). Each finished run appends one row to ``<out>/runs.csv``, so an interrupted
+ablation resumes where it stopped; the table (mean ± std over seeds) is rebuilt from the CSV into
+``<out>/table.md`` and printed.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
@@ -141,3 +142,82 @@ class MetricsSummary(L.Callback):
             path = Path(self.output_file)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(summary, indent=1))
+
+
+class ValidationImageLogger(L.Callback):
+    """Logs a few validation images to W&B with their ground-truth boxes and the detector's image-like maps.
+
+    Every auxiliary output of the detector shaped like the image (``(B, 1 or 3, H, W)``, e.g. SR-TOD's
+    reconstruction ``srtod_recon`` and difference map ``srtod_diff``) is logged next to the image, so the
+    claim "reconstruction fails where tiny objects are" can be seen. Maps are logged as they are (values in
+    [0, 1] clipped); one-channel maps are stretched to their own maximum so faint differences stay visible.
+
+    Args:
+        num_images: images taken from the first validation batch.
+        every_n_epochs: log on validation epochs whose index is a multiple of this.
+    """
+
+    def __init__(self, num_images: int = 4, every_n_epochs: int = 1):
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+        self._batch = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and dataloader_idx == 0:
+            self._batch = batch
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if self._batch is None or not loggers or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if trainer.current_epoch % self.every_n_epochs:
+            return
+        batch, self._batch = self._batch, None
+        n = min(self.num_images, len(batch))
+        with torch.no_grad():
+            images01 = batch.images01()[:n]
+            output = pl_module.detector(images01)
+        panels = image_panels(images01, output.aux)
+        class_names = getattr(trainer.datamodule, "class_names", None)
+        logged = {}
+        for key, frames in panels.items():
+            logged[f"val/images/{key}"] = [
+                _wandb_image(frame, batch.targets[i] if key == "image" else None, class_names)
+                for i, frame in enumerate(frames)
+            ]
+        for lg in loggers:
+            lg.experiment.log({**logged, "trainer/global_step": trainer.global_step})
+
+
+def image_panels(images01: torch.Tensor, aux: dict[str, torch.Tensor]) -> dict[str, list]:
+    """``{"image": [HxWx3 uint8], <aux key>: [HxWx3 uint8], ...}`` for the image and each image-sized aux map."""
+    h, w = images01.shape[-2:]
+    panels = {"image": _to_uint8(images01)}
+    for key, value in aux.items():
+        if value.ndim == 4 and value.shape[-2:] == (h, w) and value.shape[1] in (1, 3):
+            maps = value[: len(images01)].detach().float()
+            if maps.shape[1] == 1:  # stretch a difference map to its own range, then grey -> RGB
+                maps = maps / maps.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
+                maps = maps.expand(-1, 3, -1, -1)
+            panels[key] = _to_uint8(maps)
+    return panels
+
+
+def _to_uint8(images: torch.Tensor) -> list:
+    array = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    return list(array)
+
+
+def _wandb_image(frame, target, class_names: list[str] | None):
+    """A ``wandb.Image``; with a target, its ground-truth boxes (network-input pixels) are drawn by W&B."""
+    import wandb
+
+    if target is None:
+        return wandb.Image(frame)
+    box_data = [
+        {"position": {"minX": x1, "minY": y1, "maxX": x2, "maxY": y2}, "domain": "pixel", "class_id": int(label)}
+        for (x1, y1, x2, y2), label in zip(target.boxes_xyxy.tolist(), target.labels.tolist())
+    ]
+    num_classes = max([b["class_id"] for b in box_data] + [len(class_names or [])]) + 1
+    names = {i: (class_names[i] if class_names and i < len(class_names) else str(i)) for i in range(num_classes)}
+    return wandb.Image(frame, boxes={"ground_truth": {"box_data": box_data, "class_labels": names}})
