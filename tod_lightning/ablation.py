@@ -25,7 +25,8 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 METRICS = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR"]
-FIELDS = ["recipe", "seed", *METRICS, "params_M", "gflops", "step_ms", "epochs", "seconds", "command"]
+FIELDS = ["recipe", "seed", *METRICS, "epochs", "seconds", "command"]
+COST_FIELDS = ["recipe", "params_M", "gflops", "step_ms"]
 BASELINE = "baseline"
 
 
@@ -63,16 +64,40 @@ def run_overrides(run_dir: Path, name: str, seed: int, epochs: int) -> dict:
     }
 
 
-def model_cost(configs: list[str], extra: list[str], size: int) -> tuple[float, float]:
-    """Parameters (millions) and GFLOPs of one forward pass at ``1x3xSIZExSIZE`` (FlopCounterMode: 2 x MACs)."""
+def measure_cost(configs: list[str], extra: list[str], size: int, steps: int = 20) -> dict:
+    """Parameters (M), GFLOPs of one forward pass at ``1x3xSIZExSIZE`` (FlopCounterMode counts 2 x MACs), and
+    the median time of a full training step (forward, criterion, backward, AdamW step) on the recipe's first
+    training batch, after 3 warm-up steps. Measured for every recipe in the same process, one after the other,
+    so the relative step times compare like with like (training runs may overlap other work)."""
     from tod_lightning.cli import main as cli_main
 
-    args = [a for c in configs for a in ("--config", c)] + extra + ["--trainer.logger=false", "--trainer.callbacks=[]"]
-    model = cli_main(args, run=False).model.eval()
+    args = [a for c in configs for a in ("--config", c)] + extra
+    args += ["--trainer.logger=false", "--trainer.callbacks=[]", "--data.num_workers=0"]
+    cli = cli_main(args, run=False)
+    model = cli.model
     params = sum(p.numel() for p in model.parameters()) / 1e6
+    model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 3, size, size))
-    return params, counter.get_total_flops() / 1e9
+    cli.datamodule.setup("fit")
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for i in range(steps + 3):
+        start = time.perf_counter()
+        images01 = batch.images01()
+        losses = model.criterion(model.detector(images01), batch.targets, images01)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        if i >= 3:
+            times.append((time.perf_counter() - start) * 1000)
+    return {
+        "params_M": round(params, 4),
+        "gflops": round(counter.get_total_flops() / 1e9, 2),
+        "step_ms": round(statistics.median(times), 1),
+    }
 
 
 def read_rows(csv_path: Path) -> list[dict]:
@@ -82,10 +107,10 @@ def read_rows(csv_path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def append_row(csv_path: Path, row: dict) -> None:
+def append_row(csv_path: Path, row: dict, fields: list[str] = FIELDS) -> None:
     new = not csv_path.is_file()
     with csv_path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -98,12 +123,12 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {std:.3f}"
 
 
-def build_table(rows: list[dict], flops_size: int) -> str:
+def build_table(rows: list[dict], costs: dict[str, dict], flops_size: int) -> str:
     """Markdown table: mean ± std over seeds per recipe, cost, and step time relative to the baseline."""
     by_recipe: dict[str, list[dict]] = {}
     for row in rows:
         by_recipe.setdefault(row["recipe"], []).append(row)
-    base_step = statistics.median(float(r["step_ms"]) for r in by_recipe[BASELINE]) if BASELINE in by_recipe else None
+    base_step = float(costs[BASELINE]["step_ms"]) if BASELINE in costs else None
     base_ap = statistics.mean(float(r["AP"]) for r in by_recipe[BASELINE]) if BASELINE in by_recipe else None
     head = [
         "recipe",
@@ -121,7 +146,8 @@ def build_table(rows: list[dict], flops_size: int) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for recipe, group in by_recipe.items():
         ap = [float(r["AP"]) for r in group]
-        step = statistics.median(float(r["step_ms"]) for r in group)
+        cost = costs.get(recipe, {"params_M": "nan", "gflops": "nan", "step_ms": "nan"})
+        step = float(cost["step_ms"])
         verdict = "–"
         if base_ap is not None and recipe != BASELINE:
             delta = statistics.mean(ap) - base_ap
@@ -130,8 +156,8 @@ def build_table(rows: list[dict], flops_size: int) -> str:
             recipe,
             str(len(group)),
             *(_mean_std([float(r[m]) for r in group]) for m in ("AP", "AP50", "AP_vt", "AP_t", "AP_s")),
-            f"{float(group[0]['params_M']):.2f}",
-            f"{float(group[0]['gflops']):.1f}",
+            f"{float(cost['params_M']):.2f}",
+            f"{float(cost['gflops']):.1f}",
             f"{step / base_step:.2f}×" if base_step else f"{step:.0f} ms",
             verdict,
         ]
@@ -160,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "runs.csv"
+    cost_path = out / "costs.csv"
     done = {(r["recipe"], int(r["seed"])) for r in read_rows(csv_path)}
-    costs: dict[str, tuple[float, float]] = {}
     new_runs = 0
     for recipe in recipes:
         name = recipe_name(recipe)
@@ -171,8 +197,6 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if args.max_runs is not None and new_runs >= args.max_runs:
                 break
-            if name not in costs:
-                costs[name] = model_cost(configs, extra, args.flops_size)
             run_dir = (Path(args.runs_dir) / f"{name}-s{seed}").resolve()
             run_dir.mkdir(parents=True, exist_ok=True)
             override = run_dir / "run.yaml"
@@ -196,17 +220,21 @@ def main(argv: list[str] | None = None) -> None:
                 "recipe": name,
                 "seed": seed,
                 **{m: round(metrics.get(f"val/{m}", math.nan), 5) for m in METRICS},
-                "params_M": round(costs[name][0], 4),
-                "gflops": round(costs[name][1], 2),
-                "step_ms": round(summary["step_ms_median"], 1),
                 "epochs": args.epochs,
                 "seconds": round(time.perf_counter() - start, 1),
                 "command": " ".join(["python", *command[1:]]),
             }
             append_row(csv_path, row)
             new_runs += 1
+    costs = {r["recipe"]: r for r in read_rows(cost_path)}
+    for recipe in recipes:  # after the runs, back to back, so step times are measured under the same load
+        name = recipe_name(recipe)
+        if name not in costs and any(r["recipe"] == name for r in read_rows(csv_path)):
+            configs = [args.base] + ([] if recipe == BASELINE else [recipe])
+            costs[name] = {"recipe": name, **measure_cost(configs, extra, args.flops_size)}
+            append_row(cost_path, costs[name], COST_FIELDS)
     rows = read_rows(csv_path)
-    table = build_table(rows, args.flops_size) if rows else "(no finished runs)"
+    table = build_table(rows, costs, args.flops_size) if rows else "(no finished runs)"
     (out / "table.md").write_text(table + "\n")
     print(table)
 
