@@ -5,10 +5,16 @@ import torch
 
 from tod_lightning import losses
 from tod_lightning.losses import AuxiliaryLoss, DetectionCriterion, FocalLoss, PositiveWeighting
+from tod_lightning.losses.iou_loss import BoxLoss
 from tod_lightning.ops import PointBoxCoder, level_points
 from tod_lightning.structures import DetectorOutput, Target
 
-BOX_LOSSES = [losses.GIoULoss, losses.DIoULoss, losses.CIoULoss]
+# Every exported member of a loss family joins its contract test automatically.
+_EXPORTED = [getattr(losses, name) for name in losses.__all__]
+BOX_LOSSES = [c for c in _EXPORTED if isinstance(c, type) and issubclass(c, BoxLoss) and c is not BoxLoss]
+WEIGHTINGS = [
+    c for c in _EXPORTED if isinstance(c, type) and issubclass(c, PositiveWeighting) and c is not PositiveWeighting
+]
 STRIDES = [4, 8, 16]
 
 
@@ -19,6 +25,25 @@ def _output(batch: int = 2, k: int = 3, size: int = 64, requires_grad: bool = Tr
 
 def _target(boxes, labels) -> Target:
     return Target(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels, dtype=torch.long))
+
+
+def test_families_are_discovered():
+    assert {losses.GIoULoss, losses.DIoULoss, losses.CIoULoss} <= set(BOX_LOSSES)
+
+
+@pytest.mark.parametrize("weighting_cls", WEIGHTINGS)
+def test_positive_weighting_contract(weighting_cls):
+    """Default-constructed weightings: one finite, non-negative weight per positive; none for no positives;
+    the criterion stays finite with them, also for an image without boxes."""
+    weighting = weighting_cls()
+    gt = torch.tensor([[0.0, 0.0, 3.0, 2.0], [10.0, 10.0, 30.0, 26.0], [5.0, 5.0, 70.0, 60.0]])
+    w = weighting(gt)
+    assert w.shape == (3,) and torch.isfinite(w).all() and (w >= 0).all()
+    assert weighting(gt[:0]).shape == (0,)
+    crit = DetectionCriterion(positive_weighting=weighting)
+    for boxes, labels in (([[5, 5, 9, 8], [20, 20, 40, 30]], [0, 2]), ([], [])):
+        result = crit(_output(batch=1), [_target(boxes, labels)])
+        assert torch.isfinite(result["loss"])
 
 
 @pytest.mark.parametrize("loss_cls", BOX_LOSSES)
