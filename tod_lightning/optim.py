@@ -28,10 +28,11 @@ class ParamGroup:
 def build_param_groups(module: nn.Module, groups: list[ParamGroup], no_decay_norm_bias: bool = True) -> list[dict]:
     """Split trainable parameters into optimizer groups.
 
-    Norm weights and biases (1-D tensors) get no weight decay when ``no_decay_norm_bias`` (decaying them
-    only shrinks the normalisation scale). Returns torch optimizer groups, each with ``name`` for logging and
-    ``lr_mult``, which :func:`apply_lr_mult` turns into a learning rate once the optimizer (and so the base
-    learning rate, chosen in YAML) exists.
+    Norm weights, biases and scalars (tensors of at most one dimension) get no weight decay when
+    ``no_decay_norm_bias`` (decaying them only shrinks the normalisation scale), unless a rule sets one.
+    Returns torch optimizer groups, each with ``name`` for logging and ``lr_mult``, which
+    :func:`apply_lr_mult` turns into a learning rate once the optimizer (and so the base learning rate,
+    chosen in YAML) exists.
     """
     buckets: dict[tuple, dict] = {}
     for name, param in module.named_parameters():
@@ -40,7 +41,10 @@ def build_param_groups(module: nn.Module, groups: list[ParamGroup], no_decay_nor
         rule = next((g for g in groups if name.startswith(g.prefix)), None)
         no_decay = no_decay_norm_bias and param.ndim <= 1
         lr_mult = rule.lr_mult if rule else 1.0
-        wd = 0.0 if no_decay else (rule.weight_decay if rule and rule.weight_decay is not None else None)
+        # An explicit rule wins over the norm/bias default (e.g. SR-TOD's official mode decays its threshold).
+        explicit = rule is not None and rule.weight_decay is not None
+        wd = rule.weight_decay if explicit else (0.0 if no_decay else None)
+        no_decay = wd == 0.0
         key = (rule.prefix if rule else "default", lr_mult, wd)
         if key not in buckets:
             group = {"params": [], "lr_mult": lr_mult, "name": f"{key[0]}{'/no_decay' if no_decay else ''}"}
