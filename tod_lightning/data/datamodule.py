@@ -148,6 +148,11 @@ class DetectionDataModule(lightning.LightningDataModule):
         self._build(name)
         if name not in self.datasets:
             raise ValueError(f"no {name} split configured")
+        transform = getattr(self.datasets[name], "transform", None)
+        if self.num_workers == 0 and hasattr(transform, "set_seed"):
+            # Loading in this process: seed the augmentation stream from torch (which follows
+            # seed_everything) as _worker_init does in workers, or runs would differ from run to run.
+            transform.set_seed(torch.initial_seed() % 2**32)
         return DataLoader(
             self.datasets[name],
             batch_size=batch_size,

@@ -3,7 +3,8 @@
 from tod_lightning.models.backbone import Backbone, TimmBackbone
 from tod_lightning.models.detector import Detector
 from tod_lightning.models.heads import DenseHead
+from tod_lightning.models.ipg import IPGBackbone
 from tod_lightning.models.necks import FPN, Neck
 from tod_lightning.models.postprocess import PostProcessor
 
-__all__ = ["Backbone", "DenseHead", "Detector", "FPN", "Neck", "PostProcessor", "TimmBackbone"]
+__all__ = ["Backbone", "DenseHead", "Detector", "FPN", "IPGBackbone", "Neck", "PostProcessor", "TimmBackbone"]
