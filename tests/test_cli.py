@@ -156,3 +156,18 @@ def test_wandb_goes_offline_without_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     _wandb_offline_without_credentials()
     assert os.environ["WANDB_MODE"] == "disabled", "an explicit user choice is kept"
+
+
+def test_combined_recipe_builds_every_method_and_trains_a_step(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(ROOT / "configs/quickstart.yaml"), "--config", str(ROOT / "configs/model/all.yaml")]
+    cli = cli_main(["fit", *args, *_tiny_data_args(tmp_path), *_trainer_args(tmp_path), "--trainer.max_steps=2",
+                    "--trainer.limit_val_batches=0"])  # fmt: skip
+    det = cli.model.detector
+    assert type(det.backbone).__name__ == "IPGBackbone"
+    assert [type(n).__name__ for n in det.necks] == ["FPN", "CEM", "FBSM", "SGDM", "SRTOD"]
+    assert type(cli.model.criterion.positive_weighting).__name__ == "DCLoss"
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss_rec"])
+    groups = cli.trainer.optimizers[0].param_groups
+    (threshold_group,) = [g for g in groups if any(p is det.necks[4].threshold for p in g["params"])]
+    assert len(threshold_group["params"]) == 1 and threshold_group["weight_decay"] == 0.0

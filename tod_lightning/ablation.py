@@ -189,10 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     cost_path = out / "costs.csv"
     done = {(r["recipe"], int(r["seed"])) for r in read_rows(csv_path)}
     new_runs = 0
-    for recipe in recipes:
-        name = recipe_name(recipe)
-        configs = [args.base] + ([] if recipe == BASELINE else [recipe])
-        for seed in args.seeds:
+    # Seed-major order: an interrupted ablation still has every recipe at the first seeds.
+    for seed in args.seeds:
+        for recipe in recipes:
+            name = recipe_name(recipe)
+            configs = [args.base] + ([] if recipe == BASELINE else [recipe])
             if (name, seed) in done:
                 continue
             if args.max_runs is not None and new_runs >= args.max_runs:
