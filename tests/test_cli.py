@@ -161,7 +161,7 @@ def test_wandb_goes_offline_without_credentials(tmp_path, monkeypatch):
 def test_combined_recipe_builds_every_method_and_trains_a_step(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(ROOT / "configs/quickstart.yaml"), "--config", str(ROOT / "configs/model/all.yaml")]
-    cli = cli_main(["fit", *args, *_tiny_data_args(tmp_path), *_trainer_args(tmp_path), "--trainer.max_steps=2",
+    cli = cli_main(["fit", *args, *_tiny_data_args(tmp_path), *_trainer_args(tmp_path), "--trainer.max_epochs=1",
                     "--trainer.limit_val_batches=0"])  # fmt: skip
     det = cli.model.detector
     assert type(det.backbone).__name__ == "IPGBackbone"
@@ -171,3 +171,13 @@ def test_combined_recipe_builds_every_method_and_trains_a_step(tmp_path, monkeyp
     groups = cli.trainer.optimizers[0].param_groups
     (threshold_group,) = [g for g in groups if any(p is det.necks[4].threshold for p in g["params"])]
     assert len(threshold_group["params"]) == 1 and threshold_group["weight_decay"] == 0.0
+    # ... and its checkpoint (IPG hooks, DCLoss running counts, SR-TOD threshold) reloads to identical outputs
+    ckpt = next(c.best_model_path for c in cli.trainer.checkpoint_callbacks if c.monitor is None)
+    reloaded = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        a, b = cli.model.eval()(x), reloaded(x)
+    for u, v in zip(
+        a.cls_logits + a.box_deltas + [a.aux["srtod_diff"]], b.cls_logits + b.box_deltas + [b.aux["srtod_diff"]]
+    ):
+        assert torch.equal(u, v)
