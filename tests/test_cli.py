@@ -6,33 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_cli import ROOT, latest_checkpoint, quiet_trainer_args, tiny_data_args
 
 from tod_lightning.cli import main as cli_main
 from tod_lightning.task import DetectionTask
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
-
-
-def _tiny_data_args(tmp_path: Path) -> list[str]:
-    return [
-        f"--data.cache_dir={tmp_path / 'cache'}",
-        "--data.synthetic.image_size=96",
-        "--data.synthetic.num_train=6",
-        "--data.synthetic.num_val=3",
-        "--data.synthetic.dense_fraction=0.0",
-        "--data.batch_size=3",
-        "--data.num_workers=0",
-    ]
-
-
-def _trainer_args(tmp_path: Path) -> list[str]:
-    return [
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-    ]
 
 
 def test_configs_exist():
@@ -53,7 +32,7 @@ def test_every_config_parses(config, capsys, monkeypatch):
 
 def test_quickstart_trains_validates_reloads_and_predicts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["--config", str(ROOT / "configs/quickstart.yaml"), *_tiny_data_args(tmp_path), *_trainer_args(tmp_path)]
+    args = ["--config", str(ROOT / "configs/quickstart.yaml"), *tiny_data_args(tmp_path), *quiet_trainer_args(tmp_path)]
     cli = cli_main(["fit", *args, "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1"])
     trainer = cli.trainer
     assert trainer.global_step == 4  # 2 epochs x ceil(6 / 3) batches
@@ -70,7 +49,7 @@ def test_quickstart_trains_validates_reloads_and_predicts(tmp_path, monkeypatch)
     media = list(saved[0].parent.glob("media/images/val/images/image_*.png"))
     assert len(media) == 6, media
 
-    ckpt = next(c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor is None)
+    ckpt = latest_checkpoint(cli)
     assert Path(ckpt).name == "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4, "latest weights, not stale"
     # Round trip: the checkpoint rebuilds the injected parts and gives identical outputs.
@@ -119,7 +98,7 @@ def test_aitod_recipe_builds_without_pretraining_and_trains_one_step(tmp_path, m
             "--model.backbone.init_args.pretrained=false",
             "--data.train=null",
             "--data.val=null",
-            *_tiny_data_args(tmp_path),
+            *tiny_data_args(tmp_path),
             "--data.train_augmentation.init_args.image_size=128",
             "--data.eval_transform.init_args.image_size=128",
             "--trainer.precision=32-true",
@@ -127,7 +106,7 @@ def test_aitod_recipe_builds_without_pretraining_and_trains_one_step(tmp_path, m
             "--trainer.devices=1",
             "--trainer.max_steps=1",
             "--trainer.limit_val_batches=0",
-            *_trainer_args(tmp_path),
+            *quiet_trainer_args(tmp_path),
         ]
     )
     model = cli.model
@@ -161,7 +140,7 @@ def test_wandb_goes_offline_without_credentials(tmp_path, monkeypatch):
 def test_combined_recipe_builds_every_method_and_trains_a_step(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(ROOT / "configs/quickstart.yaml"), "--config", str(ROOT / "configs/model/all.yaml")]
-    cli = cli_main(["fit", *args, *_tiny_data_args(tmp_path), *_trainer_args(tmp_path), "--trainer.max_epochs=1",
+    cli = cli_main(["fit", *args, *tiny_data_args(tmp_path), *quiet_trainer_args(tmp_path), "--trainer.max_epochs=1",
                     "--trainer.limit_val_batches=0"])  # fmt: skip
     det = cli.model.detector
     assert type(det.backbone).__name__ == "IPGBackbone"
@@ -172,7 +151,7 @@ def test_combined_recipe_builds_every_method_and_trains_a_step(tmp_path, monkeyp
     (threshold_group,) = [g for g in groups if any(p is det.necks[4].threshold for p in g["params"])]
     assert len(threshold_group["params"]) == 1 and threshold_group["weight_decay"] == 0.0
     # ... and its checkpoint (IPG hooks, DCLoss running counts, SR-TOD threshold) reloads to identical outputs
-    ckpt = next(c.best_model_path for c in cli.trainer.checkpoint_callbacks if c.monitor is None)
+    ckpt = latest_checkpoint(cli)
     reloaded = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():

@@ -1,19 +1,17 @@
 """E-FPN-BS (methods.md §2.4): CEM and FBSM necks, DCLoss positive weighting, and the recipe through the CLI."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_cli import fit_tiny, latest_checkpoint
 
-from cli import main as cli_main
 from tod_lightning.losses import DCLoss, DetectionCriterion
 from tod_lightning.models.necks import CEM, FBSM
 from tod_lightning.structures import DetectorOutput, Target
 from tod_lightning.task import DetectionTask
 
-ROOT = Path(__file__).resolve().parents[1]
 STRIDES_P2_P6 = [4, 8, 16, 32, 64]
 
 
@@ -297,28 +295,7 @@ def test_no_positives_gives_finite_criterion():
 # ---------------------------------------------------------------------------------------------------- CLI
 def test_recipe_trains_through_cli_and_checkpoint_reloads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/quickstart.yaml"),
-            "--config",
-            str(ROOT / "configs/model/efpn_bs.yaml"),
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.synthetic.image_size=96",
-            "--data.synthetic.num_train=3",  # one training step keeps this test fast
-            "--data.synthetic.num_val=3",
-            "--data.synthetic.dense_fraction=0.0",
-            "--data.batch_size=3",
-            "--data.num_workers=0",
-            "--trainer.max_epochs=1",
-            "--trainer.check_val_every_n_epoch=1",
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-        ]
-    )
+    cli = fit_tiny(tmp_path, "configs/model/efpn_bs.yaml", num_train=3)
     model = cli.model
     necks = model.detector.necks
     assert [type(n).__name__ for n in necks] == ["FPN", "CEM", "FBSM"]
@@ -329,7 +306,7 @@ def test_recipe_trains_through_cli_and_checkpoint_reloads(tmp_path, monkeypatch)
     assert model.criterion.positive_weighting.num_updates.item() == 1  # the training batch; validation excluded
     assert any(conv.weight.abs().sum() > 0 for conv in necks[1].inject), "the injection learned from step one"
 
-    ckpt = next(c.best_model_path for c in cli.trainer.checkpoint_callbacks if c.monitor is None)
+    ckpt = latest_checkpoint(cli)
     reloaded = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
     original = model.eval()
     assert [type(n).__name__ for n in reloaded.detector.necks] == ["FPN", "CEM", "FBSM"]

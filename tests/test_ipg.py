@@ -3,16 +3,14 @@ next stage through timm forward hooks, gradients, batch independence, copies, an
 
 import copy
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_cli import fit_tiny, latest_checkpoint
 
-from cli import main as cli_main
 from tod_lightning.models import IPGBackbone, TimmBackbone
 from tod_lightning.task import DetectionTask
 
-ROOT = Path(__file__).resolve().parents[1]
 # Small members of each family keep the test fast; a 1-block Swin still has NHWC stage outputs.
 CATALOGUE = {
     "resnet": ("resnet18", {}),
@@ -173,35 +171,14 @@ def test_parameter_count_matches_the_spec_formula():
 
 def test_cli_recipe_trains_and_reloads_with_hooks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/quickstart.yaml"),
-            "--config",
-            str(ROOT / "configs/model/ipg.yaml"),
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.synthetic.image_size=64",
-            "--data.synthetic.num_train=4",
-            "--data.synthetic.num_val=2",
-            "--data.synthetic.dense_fraction=0.0",
-            "--data.batch_size=2",
-            "--data.num_workers=0",
-            "--trainer.max_epochs=1",
-            "--trainer.check_val_every_n_epoch=1",
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-        ]
-    )
+    cli = fit_tiny(tmp_path, "configs/model/ipg.yaml", image_size=64, num_train=4, num_val=2, batch_size=2)
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.global_step == 2
     assert torch.isfinite(metrics["train/loss"]) and "val/AP" in metrics
     backbone = cli.model.detector.backbone
     assert isinstance(backbone, IPGBackbone)
     assert backbone.guidance[0].transform[-1][1].weight.abs().sum() > 0, "training moved the zero-initialised γ"
-    ckpt = next(c.best_model_path for c in cli.trainer.checkpoint_callbacks if c.monitor is None)
+    ckpt = latest_checkpoint(cli)
     reloaded = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
     original = cli.model.eval()
     x = torch.rand(1, 3, 64, 64)

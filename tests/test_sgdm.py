@@ -1,17 +1,14 @@
 """SGDM / RDConv (methods.md §3.4): shapes, the zero-weight value, transpose equivariance of the shared static
 kernel, per-sample dynamic kernels, gradients, parameter counts, level selection, and the CLI recipe."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from tiny_cli import fit_tiny, latest_checkpoint
 
-from cli import main as cli_main
 from tod_lightning.models.necks import SGDM
 from tod_lightning.models.necks.sgdm import RDConv
 from tod_lightning.task import DetectionTask
 
-ROOT = Path(__file__).resolve().parents[1]
 MODES = ["compact", "depthwise"]
 
 
@@ -155,28 +152,7 @@ def test_neck_enhances_selected_levels_only():
 
 def test_cli_recipe_trains_and_reloads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/quickstart.yaml"),
-            "--config",
-            str(ROOT / "configs/model/sgdm.yaml"),
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.synthetic.image_size=64",
-            "--data.synthetic.num_train=4",
-            "--data.synthetic.num_val=2",
-            "--data.synthetic.dense_fraction=0.0",
-            "--data.batch_size=2",
-            "--data.num_workers=0",
-            "--trainer.max_epochs=1",
-            "--trainer.check_val_every_n_epoch=1",
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-        ]
-    )
+    cli = fit_tiny(tmp_path, "configs/model/sgdm.yaml", image_size=64, num_train=4, num_val=2, batch_size=2)
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.global_step == 2
     assert torch.isfinite(metrics["train/loss"]) and "val/AP" in metrics
@@ -184,7 +160,7 @@ def test_cli_recipe_trains_and_reloads(tmp_path, monkeypatch):
     assert isinstance(neck, SGDM) and len(neck.blocks) == 3  # P2..P4 of the quickstart FPN
     # The zero-initialised generators moved: training reached them.
     assert neck.blocks[0].global_branch[-1].weight.abs().sum() > 0
-    ckpt = next(c.best_model_path for c in cli.trainer.checkpoint_callbacks if c.monitor is None)
+    ckpt = latest_checkpoint(cli)
     reloaded = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
     assert isinstance(reloaded.detector.necks[1], SGDM)
     x = torch.rand(1, 3, 64, 64)

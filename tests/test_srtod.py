@@ -1,19 +1,17 @@
 """SR-TOD: the unit-test properties of methods.md §1.10, the reconstruction loss, and the recipe through the CLI."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_cli import fit_tiny, latest_checkpoint
 
-from cli import main as cli_main
 from tod_lightning.losses import DetectionCriterion, ReconstructionLoss
 from tod_lightning.models.necks import SRTOD
 from tod_lightning.structures import DetectorOutput, Target
 from tod_lightning.task import DetectionTask
 
-ROOT = Path(__file__).resolve().parents[1]
 STRIDES = [4, 8, 16, 32]
 
 
@@ -262,29 +260,7 @@ def test_criterion_adds_loss_rec_to_the_total():
 # ------------------------------------------------------------------------------------ the recipe, CLI
 def test_recipe_trains_through_the_cli_logs_loss_rec_and_reloads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs/quickstart.yaml"),
-            "--config",
-            str(ROOT / "configs/model/srtod.yaml"),
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.synthetic.image_size=96",
-            "--data.synthetic.num_train=6",
-            "--data.synthetic.num_val=3",
-            "--data.synthetic.dense_fraction=0.0",
-            "--data.batch_size=3",
-            "--data.num_workers=0",
-            "--trainer.max_epochs=1",
-            "--trainer.check_val_every_n_epoch=1",  # with no val batches: checkpoints at epoch end
-            "--trainer.limit_val_batches=0",
-            f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-        ]
-    )
+    cli = fit_tiny(tmp_path, "configs/model/srtod.yaml", extra=("--trainer.limit_val_batches=0",))
     assert cli.trainer.global_step == 2
     loss_rec = cli.trainer.callback_metrics["train/loss_rec"]
     assert torch.isfinite(loss_rec) and 0 < loss_rec < 1  # MSE of two images in [0, 1]
@@ -296,7 +272,7 @@ def test_recipe_trains_through_the_cli_logs_loss_rec_and_reloads(tmp_path, monke
     (group,) = [g for g in cli.trainer.optimizers[0].param_groups if any(p is neck.threshold for p in g["params"])]
     assert len(group["params"]) == 1 and group["lr_mult"] == 0.1 and group["weight_decay"] == 0.0
 
-    ckpt = next(c.best_model_path for c in cli.trainer.checkpoint_callbacks if c.monitor is None)
+    ckpt = latest_checkpoint(cli)
     reloaded = DetectionTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
     original = cli.model.eval()
     assert isinstance(reloaded.detector.necks[1], SRTOD)
