@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -30,6 +30,14 @@ class Neck(nn.Module):
 
     def forward(self, features: list[Tensor], images01: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
         raise NotImplementedError
+
+
+def resolve_levels(levels: Sequence[int], num_levels: int, setting: str) -> list[int]:
+    """Turn level positions (``0`` = finest input level, negatives count from the coarsest) into sorted indices."""
+    resolved = sorted({lv + num_levels if lv < 0 else lv for lv in levels})
+    if not resolved or resolved[0] < 0 or resolved[-1] >= num_levels:
+        raise ValueError(f"{setting}={list(levels)} must name levels among the {num_levels} input levels")
+    return resolved
 
 
 # What YAML configures: a neck class with its settings, called later with (in_channels, in_strides).

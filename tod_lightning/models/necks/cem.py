@@ -9,20 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
-from tod_lightning.models.necks.base import Neck
+from tod_lightning.models.necks.base import Neck, resolve_levels
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with ``min(32, channels)`` groups: detection batches are too small for BatchNorm."""
     return nn.GroupNorm(min(32, channels), channels)
-
-
-def resolve_levels(levels: Sequence[int], num_levels: int, setting: str) -> list[int]:
-    """Turn level positions (``0`` = finest input level, negatives count from the coarsest) into sorted indices."""
-    resolved = sorted({lv + num_levels if lv < 0 else lv for lv in levels})
-    if not resolved or resolved[0] < 0 or resolved[-1] >= num_levels:
-        raise ValueError(f"{setting}={list(levels)} must name levels among the {num_levels} input levels")
-    return resolved
 
 
 class CEM(Neck):

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
-from tod_lightning.models.necks.base import Neck
-from tod_lightning.models.necks.cem import group_norm, resolve_levels
+from tod_lightning.models.necks.base import Neck, resolve_levels
+from tod_lightning.models.necks.cem import group_norm
 
 
 class FBSM(Neck):

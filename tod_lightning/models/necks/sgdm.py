@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tod_lightning.models.necks.base import Neck
+from tod_lightning.models.necks.base import Neck, resolve_levels
 
 KernelMode = Literal["compact", "depthwise"]
 
@@ -166,10 +166,7 @@ class SGDM(Neck):
     ):
         super().__init__()
         n = len(in_channels)
-        chosen = range(n) if levels is None else levels
-        self.levels = sorted({lv + n if lv < 0 else lv for lv in chosen})
-        if not self.levels or self.levels[0] < 0 or self.levels[-1] >= n:
-            raise ValueError(f"SGDM levels={list(chosen)} must name positions among the {n} input levels")
+        self.levels = resolve_levels(range(n) if levels is None else levels, n, "levels")
         self.out_channels = list(in_channels)
         self.out_strides = list(in_strides)
         self.blocks = nn.ModuleList(
