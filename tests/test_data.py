@@ -87,7 +87,14 @@ def test_category_mapping_and_empty_images(tmp_path):
     assert sample["orig_size"] == (48, 64) and sample["scale"] == (1.0, 1.0) and sample["num_dropped"] == 0
     empty = dataset[1]
     assert empty["boxes_xyxy"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["image_id"] == 2
-    assert dataset.summary() == {"images": 2, "objects": 3, "empty_images": 1, "ignore_regions": 1, "clipped_boxes": 0}
+    assert dataset.summary() == {
+        "images": 2,
+        "objects": 3,
+        "empty_images": 1,
+        "ignore_regions": 1,
+        "clipped_boxes": 0,
+        "skipped_records": 0,
+    }
 
 
 def test_image_is_rgb(tmp_path):

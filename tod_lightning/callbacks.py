@@ -114,6 +114,70 @@ class StepTimer(L.Callback):
         return statistics.median(self.times_ms) if self.times_ms else float("nan")
 
 
+class BadInputReport(L.Callback):
+    """Reports, at the end of each run stage, every bad input the data pipeline skipped or fixed.
+
+    Two sources: the problems the readers found in the annotation files when the splits were built
+    (``trainer.datamodule.datasets[*].problems``; with ``strict=False`` these include skipped records), and the
+    images that could not be decoded during the run (``Batch.skipped``, collected here per batch, counted
+    once per image). Logged as ``data/skipped_images`` and ``data/problems_<split>`` and printed as a table.
+    """
+
+    def __init__(self):
+        self.skipped: dict[str, str] = {}
+
+    def _collect(self, batch: Any) -> None:
+        for message in getattr(batch, "skipped", ()):
+            self.skipped.setdefault(message.split(" [", 1)[0], message)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._collect(batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(batch)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(batch)
+
+    def report(self, trainer: L.Trainer) -> str:
+        lines = []
+        for name, dataset in getattr(trainer.datamodule, "datasets", {}).items():
+            problems = getattr(dataset, "problems", None)
+            if problems is not None and len(problems):
+                lines.append(f"{name} split, annotation problems:\n{problems.format()}")
+        if self.skipped:
+            lines.append(f"images skipped while loading: {len(self.skipped)}")
+            lines += [f"  {m}" for m in list(self.skipped.values())[:20]]
+        return "\n".join(lines)
+
+    def _finish(self, trainer: L.Trainer) -> None:
+        text = self.report(trainer)
+        if text:
+            rank_zero_info(f"Bad input report\n{text}")
+        values = {"data/skipped_images": float(len(self.skipped))}
+        for name, dataset in getattr(trainer.datamodule, "datasets", {}).items():
+            if getattr(dataset, "problems", None) is not None:
+                values[f"data/problems_{name}"] = float(len(dataset.problems))
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._finish(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._finish(trainer)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._finish(trainer)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._finish(trainer)
+
+
 class MetricsSummary(L.Callback):
     """Prints the final validation metrics at the end of ``fit`` (the logged values, on the whole split).
 

@@ -62,7 +62,8 @@ class AITODMetric(Metric):
 
     preds: ``boxes_xyxy`` (D,4) original-image pixels, ``scores`` (D,), ``labels`` (D,) int64.
     targets: ``boxes_xyxy`` (G,4), ``labels`` (G,), ``image_id`` (int / 0-d tensor), optional
-    ``areas`` (G,) (default w*h) and ``iscrowd`` (G,) bool (COCO crowd = ignore region).
+    ``areas`` (G,) (default w*h) and ``iscrowd`` (G,) bool (COCO crowd = ignore region; label ``-1``: an
+    ignore region of every class).
     Duplicate image ids (DistributedSampler padding) are dropped after sync, keeping the first.
     """
 
@@ -138,9 +139,18 @@ class AITODMetric(Metric):
         det = self._gather_kept(_DET_STATES, image_ids, _numpy(self.det_counts), keep_img)
         gt = self._gather_kept(_GT_STATES, image_ids, _numpy(self.gt_counts), keep_img)
 
+        # An ignore region of every class (label -1, VisDrone's "ignored regions") becomes one crowd per
+        # category: COCOeval matches crowds within a category only.
+        agnostic = gt["gt_labels"] < 0
         # COCO category id = contiguous label + 1; the category list is the union of GT labels, as
         # COCOeval only evaluates GT categories (detection-only classes must not create rows).
-        cat_labels = np.unique(gt["gt_labels"])
+        cat_labels = np.unique(gt["gt_labels"][~agnostic])
+        if agnostic.any() and cat_labels.size:
+            n_cat = cat_labels.size
+            expanded = {k: np.repeat(v[agnostic], n_cat, axis=0) for k, v in gt.items()}
+            expanded["gt_labels"] = np.tile(cat_labels, int(agnostic.sum()))
+            expanded["gt_iscrowd"] = np.ones_like(expanded["gt_iscrowd"])
+            gt = {k: np.concatenate([v[~agnostic], expanded[k]]) for k, v in gt.items()}
         if cat_labels.size == 0:
             rank_zero_warn("AITODMetric: no ground truth boxes; returning -1 for all rows.")
             return {k: torch.tensor(-1.0) for k in keys}

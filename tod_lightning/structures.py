@@ -25,7 +25,8 @@ class Target:
         scale: ``(sy, sx)``: network-input pixels per original pixel (``orig = input / scale``).
         orig_boxes_xyxy: ``(N0, 4)`` ground truth in original pixels, as annotated (evaluation only; it
             includes boxes the augmentation dropped, so AP is scored against the file, not the pipeline).
-        orig_labels: ``(N0,)`` int64 contiguous labels of ``orig_boxes_xyxy``.
+        orig_labels: ``(N0,)`` int64 contiguous labels of ``orig_boxes_xyxy``; ``-1`` for an ignore region of
+            every class (VisDrone "ignored regions").
         orig_areas: ``(N0,)`` the annotation ``area`` field (px², the AI-TOD bins read it).
         orig_iscrowd: ``(N0,)`` bool, COCO ``iscrowd``.
         num_dropped: objects the data pipeline removed from ``boxes_xyxy`` for this sample (cropped out of
@@ -62,12 +63,15 @@ class Batch:
         targets: one :class:`Target` per image.
         image_sizes: ``(B, 2)`` int64 ``(height, width)`` of each image before padding.
         file_names: the image file of each sample (for predict output and error messages).
+        skipped: messages of the samples the data pipeline skipped (unreadable images, ``strict=False``);
+            they are not in ``images``.
     """
 
     images: Tensor
     targets: list[Target]
     image_sizes: Tensor
     file_names: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def pin_memory(self) -> "Batch":
         """Called by ``DataLoader(pin_memory=True)``: pins the image tensor for asynchronous copies."""

@@ -78,7 +78,9 @@ class DetectionTask(L.LightningModule):
     def forward(self, images01: torch.Tensor):
         return self.detector(images01)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        if len(batch) == 0:  # every image of the batch was unreadable and skipped (strict=False)
+            return None
         images01 = batch.images01()
         output = self.detector(images01)
         losses = self.criterion(output, batch.targets, images01)
@@ -90,6 +92,8 @@ class DetectionTask(L.LightningModule):
         return losses["loss"]
 
     def _eval_step(self, batch: Batch, stage: str, metric: AITODMetric) -> None:
+        if len(batch) == 0:  # every image of the batch was unreadable and skipped (strict=False)
+            return
         images01 = batch.images01()
         output = self.detector(images01)
         losses = self.criterion(output, batch.targets, images01)
@@ -140,6 +144,8 @@ class DetectionTask(L.LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
         """Detections per image in ORIGINAL pixels and contiguous labels (the writer maps category ids)."""
+        if len(batch) == 0:  # every image of the batch was unreadable and skipped (strict=False)
+            return []
         detections: list[Detections] = self.postprocess(self.detector(batch.images01()), batch.image_sizes)
         results = []
         for i, (det, target) in enumerate(zip(detections, batch.targets)):

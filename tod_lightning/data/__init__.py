@@ -4,22 +4,33 @@ The data module (which imports Lightning) is loaded lazily, so datasets, transfo
 generator stay usable, and cheap to import in worker processes, without it.
 """
 
-from tod_lightning.data.coco import CocoDetection, ImageFolderDataset
+from tod_lightning.data.coco import CocoDetection, read_coco, write_coco
 from tod_lightning.data.collate import collate_detection
-from tod_lightning.data.splits import CocoSplit
+from tod_lightning.data.dataset import DetectionDataset, ImageFolderDataset
+from tod_lightning.data.problems import AnnotationError, ProblemLog
+from tod_lightning.data.records import AnnotationSet, ImageRecord
+from tod_lightning.data.splits import CocoSplit, SplitSource
 from tod_lightning.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
 from tod_lightning.data.transforms import EvalTransform, TrainAugmentation
 
 __all__ = [
+    "AnnotationError",
+    "AnnotationSet",
     "CocoDetection",
     "CocoSplit",
     "DetectionDataModule",
+    "DetectionDataset",
     "EvalTransform",
     "ImageFolderDataset",
+    "ImageRecord",
+    "ProblemLog",
+    "SplitSource",
     "SyntheticSpec",
     "TrainAugmentation",
     "collate_detection",
     "ensure_synthetic_dataset",
+    "read_coco",
+    "write_coco",
 ]
 
 

@@ -21,14 +21,20 @@ def collate_detection(samples: list[dict[str, Any]], size_divisor: int) -> Batch
             (pixels; the detector's largest stride).
 
     Returns:
-        a :class:`Batch` with ``images`` ``(B, 3, H, W)`` uint8 (kept uint8 on the host: 4x less to copy than
-        float32), ``image_sizes`` ``(B, 2)`` int64 ``(h, w)`` before padding, and one :class:`Target` each.
+        a :class:`Batch` of the samples that are not skipped, with ``images`` ``(B, 3, H, W)`` uint8 (kept
+        uint8 on the host: 4x less to copy than float32), ``image_sizes`` ``(B, 2)`` int64 ``(h, w)`` before
+        padding, one :class:`Target` each, and ``skipped``: the messages of the dropped samples (``B`` may be
+        0 if every sample was skipped).
     """
     if size_divisor < 1:
         raise ValueError(f"size_divisor must be >= 1, got {size_divisor}")
+    # Samples whose image could not be read (lenient mode) leave the batch; their messages travel with it
+    # so that the run can count and report them.
+    skipped = [sample["skipped"] for sample in samples if "skipped" in sample]
+    samples = [sample for sample in samples if "skipped" not in sample]
     sizes = [sample["image"].shape[:2] for sample in samples]
-    height = -(-max(h for h, _ in sizes) // size_divisor) * size_divisor  # ceil to a multiple
-    width = -(-max(w for _, w in sizes) // size_divisor) * size_divisor
+    height = -(-max((h for h, _ in sizes), default=1) // size_divisor) * size_divisor  # ceil to a multiple
+    width = -(-max((w for _, w in sizes), default=1) // size_divisor) * size_divisor
     images = torch.zeros((len(samples), 3, height, width), dtype=torch.uint8)  # (B, 3, H, W)
     targets = []
     for i, sample in enumerate(samples):
@@ -51,5 +57,9 @@ def collate_detection(samples: list[dict[str, Any]], size_divisor: int) -> Batch
         )
     image_sizes = torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2)  # (B, 2)
     return Batch(
-        images=images, targets=targets, image_sizes=image_sizes, file_names=[sample["file_name"] for sample in samples]
+        images=images,
+        targets=targets,
+        image_sizes=image_sizes,
+        file_names=[sample["file_name"] for sample in samples],
+        skipped=skipped,
     )

@@ -9,9 +9,9 @@ import lightning
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tod_lightning.data.coco import CocoDetection, ImageFolderDataset, read_categories
 from tod_lightning.data.collate import collate_detection
-from tod_lightning.data.splits import CocoSplit
+from tod_lightning.data.dataset import DetectionDataset, ImageFolderDataset, MixTransform, Tiling
+from tod_lightning.data.splits import SplitSource
 from tod_lightning.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
 from tod_lightning.data.transforms import EvalTransform, TrainAugmentation
 
@@ -21,26 +21,29 @@ logger = logging.getLogger(__name__)
 def _worker_init(worker_id: int) -> None:
     """Give each data-loader worker its own augmentation stream.
 
-    Forked workers inherit the parent's albumentations generator state, so without a reseed every worker
-    would draw the same augmentations. ``torch.initial_seed()`` differs per worker (and per epoch, and
-    follows ``seed_everything``), so runs stay reproducible. (Not ``cv2.setNumThreads`` here: in a worker
+    Forked workers inherit the parent's random states (the dataset's mixing draws, albumentations'
+    generator), so without a reseed every worker would draw the same augmentations. ``torch.initial_seed()``
+    differs per worker (and per epoch, and follows ``seed_everything``), so runs stay reproducible. (Not
+    ``cv2.setNumThreads`` here: in a worker
     forked after the parent used OpenCV's thread pool it deadlocks.)
     """
-    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
-    if hasattr(transform, "set_seed"):
-        transform.set_seed(torch.initial_seed() % 2**32)
+    dataset = torch.utils.data.get_worker_info().dataset
+    if hasattr(dataset, "set_seed"):
+        dataset.set_seed(torch.initial_seed() % 2**32)
 
 
 class DetectionDataModule(lightning.LightningDataModule):
-    """Train/val/test/predict loaders of COCO-format splits, yielding :class:`~tod_lightning.structures.Batch`.
+    """Train/val/test/predict loaders of annotated splits (COCO/AI-TOD, VisDrone, YOLO), yielding
+    :class:`~tod_lightning.structures.Batch`.
 
     ``num_classes``, ``class_names`` and ``category_ids`` are known right after construction (read from the
-    first split's json), so a CLI can link ``data.num_classes`` to the model. All annotated splits must have
+    first annotated split), so a CLI can link ``data.num_classes`` to the model. All annotated splits must have
     the same categories.
 
     Args:
-        train, val, test: COCO splits (images folder + json); ``None`` for none.
-        predict: a COCO split, or a path to a bare folder of images (no annotations), or ``None``.
+        train, val, test: splits (``class_path``: ``tod_lightning.data.CocoSplit``, ``VisDroneSplit``,
+            ``YoloSplit``); ``None`` for none.
+        predict: a split, or a path to a bare folder of images (no annotations), or ``None``.
         synthetic: if set, the embedded synthetic dataset of this spec is generated once under ``cache_dir``
             (or reused) and fills those of ``train``/``val``/``test`` that are ``None``.
         cache_dir: folder for generated data (the synthetic dataset).
@@ -52,14 +55,21 @@ class DetectionDataModule(lightning.LightningDataModule):
         size_divisor: padded batch height and width are multiples of this (pixels; the largest stride).
         persistent_workers: keep workers alive between epochs (only applies when ``num_workers > 0``).
         pin_memory: ``DataLoader(pin_memory=...)``.
+        train_tiling: if set, the train split is cut into tiles by it (e.g. ``tod_lightning.data.TileSpec``);
+            val/test/predict stay whole images (pair with the model's sliced inference).
+        train_mixing: transforms that mix several training samples (``tod_lightning.data.Mosaic``,
+            ``tod_lightning.data.TinyCopyPaste``), applied in order before ``train_augmentation``.
+        strict: bad input (see :mod:`tod_lightning.data.problems`) raises an error naming the file and the
+            record (``True``), or is skipped, counted, logged when the split is built and reported at the end
+            of the run (``False``; images that cannot be decoded are dropped from their batch).
     """
 
     def __init__(
         self,
-        train: CocoSplit | None = None,
-        val: CocoSplit | None = None,
-        test: CocoSplit | None = None,
-        predict: CocoSplit | str | None = None,
+        train: SplitSource | None = None,
+        val: SplitSource | None = None,
+        test: SplitSource | None = None,
+        predict: SplitSource | str | None = None,
         synthetic: SyntheticSpec | None = None,
         cache_dir: str = ".cache/tod_lightning",
         batch_size: int = 8,
@@ -70,6 +80,9 @@ class DetectionDataModule(lightning.LightningDataModule):
         size_divisor: int = 32,
         persistent_workers: bool = True,
         pin_memory: bool = False,
+        train_tiling: Tiling | None = None,
+        train_mixing: list[MixTransform] | None = None,
+        strict: bool = True,
     ):
         super().__init__()
         if synthetic is not None:
@@ -77,25 +90,32 @@ class DetectionDataModule(lightning.LightningDataModule):
             train, val, test = (
                 split or generated.get(name) for name, split in (("train", train), ("val", val), ("test", test))
             )
-        self.splits: dict[str, CocoSplit | str | None] = {"train": train, "val": val, "test": test, "predict": predict}
+        self.splits: dict[str, SplitSource | str | None] = {
+            "train": train,
+            "val": val,
+            "test": test,
+            "predict": predict,
+        }
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.train_augmentation = TrainAugmentation() if train_augmentation is None else train_augmentation
         self.eval_transform = EvalTransform() if eval_transform is None else eval_transform
         self.size_divisor, self.persistent_workers, self.pin_memory = size_divisor, persistent_workers, pin_memory
+        self.strict = strict
+        self.train_tiling, self.train_mixing = train_tiling, list(train_mixing or [])
         self.datasets: dict[str, Dataset] = {}
 
         self._categories: tuple[list[int], list[str]] | None = None
         first_file = None
         for split in self.splits.values():
-            if isinstance(split, CocoSplit):
-                categories = read_categories(split.ann_file)
+            if isinstance(split, SplitSource):
+                categories = split.categories()
                 if self._categories is None:
-                    self._categories, first_file = categories, split.ann_file
+                    self._categories, first_file = categories, split.source
                 elif categories != self._categories:
                     raise ValueError(
                         f"splits disagree on categories: {first_file} has "
-                        f"{self._describe(self._categories)}, {split.ann_file} has "
+                        f"{self._describe(self._categories)}, {split.source} has "
                         f"{self._describe(categories)}"
                     )
 
@@ -105,7 +125,7 @@ class DetectionDataModule(lightning.LightningDataModule):
 
     def _require_categories(self) -> tuple[list[int], list[str]]:
         if self._categories is None:
-            raise ValueError("no annotated split (train/val/test/predict COCO json) to read the categories from")
+            raise ValueError("no annotated split (train/val/test/predict) to read the categories from")
         return self._categories
 
     @property
@@ -127,16 +147,28 @@ class DetectionDataModule(lightning.LightningDataModule):
             return
         transform = self.train_augmentation if name == "train" else self.eval_transform
         if isinstance(split, str):
-            dataset = ImageFolderDataset(split, transform)
+            dataset = ImageFolderDataset(split, transform, strict=self.strict)
         else:
-            dataset = CocoDetection(split.images_dir, split.ann_file, transform)
+            train = name == "train"
+            dataset = DetectionDataset(
+                split.load(self.strict),
+                split.images_dir,
+                transform,
+                strict=self.strict,
+                tiling=self.train_tiling if train else None,
+                mixing=self.train_mixing if train else (),
+            )
             if (dataset.category_ids, dataset.class_names) != self._categories:  # the cheap read guessed wrong
                 full = self._describe((dataset.category_ids, dataset.class_names))
                 raise ValueError(
-                    f"{split.ann_file}: categories {full} differ from {self._describe(self._require_categories())}"
+                    f"{split.source}: categories {full} differ from {self._describe(self._require_categories())}"
                 )
         self.datasets[name] = dataset
         logger.info("%s split: %s", name, ", ".join(f"{k}={v}" for k, v in dataset.summary().items()))
+        if len(dataset.problems):
+            logger.warning(
+                "%s split (%s) problems:\n%s", name, getattr(split, "source", split), dataset.problems.format()
+            )
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets ``stage`` needs (``fit``: train + val; ``None``: all)."""
@@ -148,11 +180,11 @@ class DetectionDataModule(lightning.LightningDataModule):
         self._build(name)
         if name not in self.datasets:
             raise ValueError(f"no {name} split configured")
-        transform = getattr(self.datasets[name], "transform", None)
-        if self.num_workers == 0 and hasattr(transform, "set_seed"):
-            # Loading in this process: seed the augmentation stream from torch (which follows
+        dataset = self.datasets[name]
+        if self.num_workers == 0 and hasattr(dataset, "set_seed"):
+            # Loading in this process: seed the random streams from torch (which follows
             # seed_everything) as _worker_init does in workers, or runs would differ from run to run.
-            transform.set_seed(torch.initial_seed() % 2**32)
+            dataset.set_seed(torch.initial_seed() % 2**32)
         return DataLoader(
             self.datasets[name],
             batch_size=batch_size,
