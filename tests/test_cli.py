@@ -21,8 +21,10 @@ def test_configs_exist():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_parses(config, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    # Method recipes in configs/model/ are layered on a base config, as users run them.
-    layers = ["configs/quickstart.yaml", config] if config.startswith("configs/model/") else [config]
+    # Recipes in sub-folders (configs/model/, configs/data/) and the tiled recipe are layered on the base
+    # config, as users run them; a top-level config stands alone.
+    layered = "/" in config.removeprefix("configs/") or config == "configs/tiled.yaml"
+    layers = ["configs/quickstart.yaml", config] if layered else [config]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", *(a for c in layers for a in ("--config", c)), "--print_config"])
     assert exit_info.value.code == 0

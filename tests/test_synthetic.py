@@ -206,3 +206,53 @@ def test_half_written_generation_is_redone(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="tod_lightning.data.synthetic"):
         ensure_synthetic_dataset(tmp_path, SMALL)  # finished now: nothing is generated
     assert not any("generated" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- large scenes: (height, width) frames, density
+def test_existing_specs_keep_their_fingerprint_and_files(tmp_path):
+    # Values computed before ``image_size`` pairs and ``density_side`` existed: the cache folders stay valid.
+    assert SyntheticSpec().fingerprint() == "4dea2ca1c3"
+    assert SMALL.fingerprint() == "9432be2fa8"
+    assert "density_side" not in SMALL.as_dict()
+    info = _load(ensure_synthetic_dataset(tmp_path, SMALL)["val"])["info"]
+    assert info["fingerprint"] == "9432be2fa8" and "density_side" not in info["spec"]
+    assert SyntheticSpec(density_side=256).fingerprint() != SyntheticSpec().fingerprint()
+    assert SyntheticSpec(image_size=(256, 256)).fingerprint() != SyntheticSpec().fingerprint()
+
+
+def test_image_size_can_be_height_width(tmp_path):
+    spec = SyntheticSpec(image_size=[48, 160], num_train=3, num_val=1, seed=2, max_objects=6)  # configs give lists
+    assert spec.image_size == (48, 160) and spec.frame_hw == (48, 160)
+    split = ensure_synthetic_dataset(tmp_path, spec)["train"]
+    coco = _load(split)
+    assert [(img["height"], img["width"]) for img in coco["images"]] == [(48, 160)] * 3
+    assert coco["info"]["spec"]["image_size"] == [48, 160]
+    for img in coco["images"]:
+        assert _read_rgb(split, img["file_name"]).shape == (48, 160, 3)
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        assert x + w <= 160 and y + h <= 48
+    assert any(ann["bbox"][0] + ann["bbox"][2] > 48 for ann in coco["annotations"])  # the whole width is used
+    for bad in ((31, 100), (64, 64, 64)):
+        with pytest.raises(ValueError, match="image_size"):
+            SyntheticSpec(image_size=bad)
+
+
+@pytest.mark.parametrize(("density_side", "expected"), [(None, 3), (40, 3 * 4), (32, round(3 * 40 * 160 / 32**2))])
+def test_density_side_scales_object_counts_with_the_frame_area(tmp_path, density_side, expected):
+    """dense_min = dense_max = 3 objects per density_side² px: a 40 x 160 px frame requests 3 x its area ratio."""
+    spec = SyntheticSpec(
+        image_size=(40, 160),
+        num_train=2,
+        num_val=0,
+        empty_fraction=0.0,
+        dense_fraction=1.0,
+        dense_min=3,
+        dense_max=3,
+        size_mix=(1.0, 0.0, 0.0, 0.0),  # <= 8 x 8 px: every requested object finds a free spot
+        density_side=density_side,
+    )
+    hist = size_histogram(ensure_synthetic_dataset(tmp_path, spec)["train"].ann_file)
+    assert hist["objects_per_image_min"] == hist["objects_per_image_max"] == expected
+    with pytest.raises(ValueError, match="density_side"):
+        SyntheticSpec(density_side=0)

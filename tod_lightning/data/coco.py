@@ -33,7 +33,7 @@ from tod_lightning.data.problems import (
     AnnotationError,
     ProblemLog,
 )
-from tod_lightning.data.records import AnnotationSet, ImageRecord, records_from_rows
+from tod_lightning.data.records import ANY_CLASS, AnnotationSet, ImageRecord, records_from_rows
 
 _CATEGORIES_KEY = re.compile(r'"categories"\s*:\s*')
 
@@ -166,7 +166,9 @@ def read_coco(ann_file: str, strict: bool = True) -> AnnotationSet:
 
     Category ids map to contiguous labels in sorted-id order. Images with no annotations are kept.
     ``iscrowd=1`` annotations become ignore regions of their category. A box crossing the image border is
-    clipped to it (a counted fix). Every other bad record (see :mod:`tod_lightning.data.problems`) raises
+    clipped to it (a counted fix). In lenient mode an annotation of an unknown category whose box is usable
+    becomes an ignore region of every class (counted), so it is neither trained nor scored as background.
+    Every other bad record (see :mod:`tod_lightning.data.problems`) raises
     :class:`AnnotationError` naming ``ann_file`` and the record when ``strict``, or is skipped and counted.
     An image record that is unusable is skipped with its annotations; of duplicate image ids the first wins.
     An empty or non-JSON file, or one without images or categories, raises in both modes.
@@ -207,7 +209,18 @@ def read_coco(ann_file: str, strict: bool = True) -> AnnotationSet:
                 skipped_with_image += 1  # already reported with its image
                 continue
             ann_id = record.get("id") if isinstance(record, dict) else record
-            problems.error(parsed[0], f"{ann_file}: annotation id={ann_id}", parsed[1])
+            where = f"{ann_file}: annotation id={ann_id}"
+            if parsed[0] == UNKNOWN_CATEGORY:
+                # Lenient mode: an object of an unknown class is still an object. Dropping it would train
+                # its pixels as background and score a detection on it as a false positive, so a usable box
+                # becomes an ignore region of every class.
+                as_known = _parse_annotation(dict(record, category_id=category_ids[0]), images, label_of, ann_file)
+                if len(as_known) != 2:
+                    problems.error(parsed[0], where, parsed[1], action="made an ignore region")
+                    image_id, box_xyxy, _, area, _, _ = as_known
+                    per_image[image_id].append((box_xyxy, ANY_CLASS, area, True, record.get("id", -1)))
+                    continue
+            problems.error(parsed[0], where, parsed[1])
             continue
         image_id, box_xyxy, label, area, iscrowd, clipped = parsed
         per_image[image_id].append((box_xyxy, label, area, iscrowd, record.get("id", -1)))
@@ -229,8 +242,9 @@ def read_coco(ann_file: str, strict: bool = True) -> AnnotationSet:
 def write_coco(annotations: AnnotationSet, ann_file: str) -> None:
     """Write an :class:`AnnotationSet` as a COCO json (ids, category ids, ``area`` and ``iscrowd`` kept).
 
-    Class-agnostic ignore regions (label :data:`ANY_CLASS`, from VisDrone) are written as ``iscrowd=1``
-    records of the first category, since COCO has no class-agnostic record.
+    Class-agnostic ignore regions (label ``-1``, e.g. from VisDrone) are written as one ``iscrowd=1`` record
+    per category (COCO has no class-agnostic record, and COCO evaluation matches crowds within a category);
+    :func:`read_coco` reads them back as per-category crowds.
     """
     images, records = [], []
     next_id = 1 + max((int(i.ann_ids.max()) for i in annotations.images if len(i.ann_ids)), default=0)
@@ -245,19 +259,20 @@ def write_coco(annotations: AnnotationSet, ann_file: str) -> None:
             image.iscrowd.tolist(),
             image.ann_ids.tolist(),
         ):
-            if ann_id < 0:
-                ann_id, next_id = next_id, next_id + 1
             x1, y1, x2, y2 = box_xyxy
-            records.append(
-                {
-                    "id": ann_id,
-                    "image_id": image.image_id,
-                    "category_id": annotations.category_ids[max(label, 0)],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": area,
-                    "iscrowd": int(crowd),
-                }
-            )
+            for category_id in annotations.category_ids if label < 0 else [annotations.category_ids[label]]:
+                if ann_id < 0 or label < 0 and category_id != annotations.category_ids[0]:
+                    ann_id, next_id = next_id, next_id + 1  # no id, or the copies of a class-agnostic region
+                records.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image.image_id,
+                        "category_id": category_id,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": area,
+                        "iscrowd": int(crowd),
+                    }
+                )
     categories = [{"id": i, "name": n} for i, n in zip(annotations.category_ids, annotations.class_names)]
     with open(ann_file, "w", encoding="utf-8") as f:
         json.dump({"images": images, "annotations": records, "categories": categories}, f)

@@ -77,8 +77,10 @@ class MixTransform(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, raw: RawSample, sources: list[RawSample], rng: np.random.Generator) -> RawSample:
-        """The mixed raw sample; every object of ``raw`` and ``sources`` is either in its ``boxes_xyxy``, or in
-        its ``ignore_xyxy`` / left out and counted in ``num_dropped``."""
+        """The mixed raw sample. Every object of ``raw`` is either in its ``boxes_xyxy``, or in its
+        ``ignore_xyxy`` / left out and counted in ``num_dropped``; objects taken from ``sources`` are added to
+        the targets, and (for transforms that place whole sources, like mosaic) the sources' objects obey the
+        same rule. A source may be the sample's own image (sources are drawn with replacement)."""
 
 
 class ImageReadError(OSError, ValueError):
@@ -92,7 +94,9 @@ class ImageReadError(OSError, ValueError):
 
 def read_image_rgb(path: str) -> np.ndarray:
     """Decode an image file to ``(H, W, 3)`` uint8 RGB; raise :class:`ImageReadError` naming ``path``."""
-    image_bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    # IGNORE_ORIENTATION: annotations are in the stored pixel grid (what image headers report); applying a
+    # JPEG's EXIF rotation would silently move every box of a 180-degree-flagged image.
+    image_bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image_bgr is None:
         if os.path.exists(path):
             raise ImageReadError(CORRUPT_IMAGE, f"cannot read image {path}: corrupt or not an image")

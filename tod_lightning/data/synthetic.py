@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -53,7 +53,8 @@ class SyntheticSpec:
     """What to generate. Equal specs give the same folder and, with the same numpy/OpenCV, identical bytes.
 
     Attributes:
-        image_size: side of the square images, px.
+        image_size: side of the square images, px; or ``(height, width)`` px for other frames (large
+            scenes such as ``(1500, 2000)`` for tiled training).
         num_train: images in the ``train`` split.
         num_val: images in the ``val`` split.
         num_test: images in the ``test`` split (0: the split is not written).
@@ -69,9 +70,14 @@ class SyntheticSpec:
         dense_min: fewest objects requested in a dense image.
         dense_max: most objects requested in a dense image.
         max_objects: most objects in the other images (1..max_objects, skewed towards few).
+        density_side: if set, ``max_objects``, ``dense_min`` and ``dense_max`` count objects per
+            ``density_side`` x ``density_side`` px of frame: an H x W image requests ``H * W / density_side**2``
+            times as many (rounded), so object density does not depend on the frame size (a 2000 x 1500
+            scene with ``density_side=256`` holds ~46x the objects of a 256 x 256 one). ``None``: they
+            count objects per image, whatever its size.
     """
 
-    image_size: int = 256
+    image_size: int | tuple[int, int] = 256
     num_train: int = 400
     num_val: int = 60
     num_test: int = 0
@@ -83,24 +89,61 @@ class SyntheticSpec:
     dense_min: int = 150
     dense_max: int = 300
     max_objects: int = 40
+    density_side: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size_mix", tuple(float(f) for f in self.size_mix))  # configs give lists
+        if not isinstance(self.image_size, int):
+            if len(self.image_size) != 2:
+                raise ValueError(f"image_size must be a side or (height, width), got {self.image_size}")
+            object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         if not 1 <= self.num_classes <= len(CLASS_NAMES):
             raise ValueError(f"num_classes must be in 1..{len(CLASS_NAMES)}, got {self.num_classes}")
         if len(self.size_mix) != len(AREA_BINS) or min(self.size_mix) < 0 or sum(self.size_mix) <= 0:
             raise ValueError(f"size_mix needs {len(AREA_BINS)} non-negative fractions, got {self.size_mix}")
         if self.empty_fraction < 0 or self.dense_fraction < 0 or self.empty_fraction + self.dense_fraction > 1:
             raise ValueError("empty_fraction and dense_fraction must be >= 0 and sum to <= 1")
-        if self.image_size < 32 or self.seed < 0 or min(self.num_train, self.num_val, self.num_test) < 0:
+        if min(self.frame_hw) < 32 or self.seed < 0 or min(self.num_train, self.num_val, self.num_test) < 0:
             raise ValueError("need image_size >= 32, seed >= 0 and non-negative split sizes")
         if self.max_objects < 1 or not 1 <= self.dense_min <= self.dense_max:
             raise ValueError("need max_objects >= 1 and 1 <= dense_min <= dense_max")
+        if self.density_side is not None and self.density_side < 1:
+            raise ValueError(f"density_side must be >= 1 px or None, got {self.density_side}")
+
+    @property
+    def frame_hw(self) -> tuple[int, int]:
+        """``(height, width)`` of the generated images, px."""
+        if isinstance(self.image_size, int):
+            return self.image_size, self.image_size
+        return self.image_size
+
+    @property
+    def count_area(self) -> int:
+        """Area (px²) that ``max_objects``/``dense_min``/``dense_max`` count objects in (see ``density_side``)."""
+        if self.density_side is not None:
+            return self.density_side**2
+        height, width = self.frame_hw
+        return height * width
+
+    def as_dict(self) -> dict:
+        """The fields as plain JSON values, leaving out the fields added after version 1 while they have their
+        default: specs written before those fields existed keep their fingerprint (so their cache folder) and
+        their annotation files byte for byte."""
+        out = asdict(self)
+        for name in _ADDED_FIELDS:
+            if out[name] == _DEFAULTS[name]:
+                del out[name]
+        return out
 
     def fingerprint(self) -> str:
-        """Stable 10-hex-digit hash of every field and ``GENERATOR_VERSION`` (names the cache folder)."""
-        payload = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        """Stable 10-hex-digit hash of every field (see :meth:`as_dict`) and ``GENERATOR_VERSION`` (names the
+        cache folder)."""
+        payload = json.dumps({"version": GENERATOR_VERSION, **self.as_dict()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+_ADDED_FIELDS = ("density_side",)  # fields added after GENERATOR_VERSION 1 (see SyntheticSpec.as_dict)
+_DEFAULTS = {f.name: f.default for f in fields(SyntheticSpec)}
 
 
 # ----------------------------------------------------------------------------------------- background
@@ -281,12 +324,18 @@ def _boxes_ok(candidate_xyxy: np.ndarray, placed_xyxy: np.ndarray) -> bool:
 
 
 def _sample_count(rng: np.random.Generator, spec: SyntheticSpec, kind: str) -> int:
-    """Objects to request for an image of ``kind`` ("empty", "dense" or "normal")."""
+    """Objects to request per ``spec.count_area`` px² for an image of ``kind`` ("empty", "dense" or "normal")."""
     if kind == "empty":
         return 0
     if kind == "dense":
         return int(rng.integers(spec.dense_min, spec.dense_max + 1))
     return 1 + int((spec.max_objects - 1) * rng.random() ** 2.5)  # skewed: ~40 % have <= 5 objects
+
+
+def _scale_count(count: int, spec: SyntheticSpec, height: int, width: int) -> int:
+    """``count`` objects per ``spec.count_area`` px², scaled to an ``height`` x ``width`` px frame."""
+    area = spec.count_area
+    return count if height * width == area else round(count * height * width / area)
 
 
 def render_scene(
@@ -298,20 +347,20 @@ def render_scene(
 ) -> tuple[np.ndarray, list[dict]]:
     """Render one scene: (height, width, 3) uint8 RGB and its annotations.
 
-    ``height``/``width`` default to ``spec.image_size``. ``num_objects`` is how many to request
+    ``height``/``width`` default to ``spec.frame_hw``. ``num_objects`` is how many to request
     (objects that find no free spot are dropped); by default it is drawn like a dataset image
-    (empty / dense / normal) and scaled by the area relative to ``image_size``². Each annotation has
+    (empty / dense / normal) and scaled by the area relative to ``spec.count_area``. Each annotation has
     ``bbox`` = integer ``[x, y, w, h]`` fully inside the image, ``category_id`` in ``1..num_classes``
     and ``area`` = ``w * h``. Objects are clustered in places, never overlap with IoU >= 0.3.
     """
-    h, w = height or spec.image_size, width or spec.image_size
+    h, w = height or spec.frame_hw[0], width or spec.frame_hw[1]
     if num_objects is None:
         p_normal = 1.0 - spec.empty_fraction - spec.dense_fraction
         kind = rng.choice(["empty", "dense", "normal"], p=[spec.empty_fraction, spec.dense_fraction, p_normal])
-        num_objects = round(_sample_count(rng, spec, str(kind)) * h * w / spec.image_size**2)
+        num_objects = round(_sample_count(rng, spec, str(kind)) * h * w / spec.count_area)
     img = _background(rng, h, w)
     mix = np.asarray(spec.size_mix, np.float64)
-    if num_objects * spec.image_size**2 > spec.max_objects * h * w:  # a dense scene
+    if num_objects * spec.count_area > spec.max_objects * h * w:  # a dense scene (integers: exact)
         mix[2:] *= DENSE_LARGE_DAMPING
     mix /= mix.sum()
     clusters = rng.uniform((0, 0), (w, h), (int(rng.integers(1, 5)), 2))
@@ -366,7 +415,8 @@ def _write_split(out_dir: Path, split: str, count: int, spec: SyntheticSpec) -> 
     images, annotations = [], []
     for index, kind in enumerate(kinds):
         rng = np.random.default_rng([spec.seed, 7, split_id, index + 1])  # one stream per image
-        image, anns = render_scene(rng, spec, num_objects=_sample_count(rng, spec, kind))
+        num_objects = _scale_count(_sample_count(rng, spec, kind), spec, *spec.frame_hw)
+        image, anns = render_scene(rng, spec, num_objects=num_objects)
         file_name = f"{index:06d}.png"
         cv2.imwrite(str(out_dir / "images" / split / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         images.append({"id": index + 1, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]})
@@ -378,7 +428,7 @@ def _write_split(out_dir: Path, split: str, count: int, spec: SyntheticSpec) -> 
             "generator_version": GENERATOR_VERSION,
             "fingerprint": spec.fingerprint(),
             "split": split,
-            "spec": asdict(spec),
+            "spec": spec.as_dict(),
         },
         "images": images,
         "annotations": annotations,

@@ -6,6 +6,9 @@ Both are callables ``transform(image, boxes_xyxy, labels, ignore_xyxy) -> dict``
 that are not in the output ``boxes_xyxy``. An object leaves the targets only (a) when the geometry moves it
 entirely out of the frame, or (b) when it ends up narrower or lower than ``min_box_size``; (b) then becomes an
 ignore region, so the model is not trained to call it background.
+
+:class:`ScaleAwareZoom` is the zoom of :class:`TrainAugmentation` when a minimum object size is asked for: an
+``A.Affine`` that sees the boxes and never zooms the protected objects below that size.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
+import albumentations.augmentations.geometric.functional as fgeometric  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -57,7 +61,8 @@ class _BoxPreservingTransform:
         labels = np.asarray(labels, np.int64).reshape(-1)
         num_objects = len(boxes_xyxy)
         all_xyxy = np.concatenate([boxes_xyxy, ignore_xyxy])  # (N + M, 4): objects, then ignore regions
-        out = {"image": image, "bboxes": all_xyxy, "box_index": np.arange(len(all_xyxy))}
+        # num_objects: which rows are objects, for transforms that look at the boxes (ScaleAwareZoom).
+        out = {"image": image, "bboxes": all_xyxy, "box_index": np.arange(len(all_xyxy)), "num_objects": num_objects}
         if self.compose is not None:
             out = self.compose(**out)
 
@@ -82,12 +87,104 @@ class _BoxPreservingTransform:
         }
 
 
+class ScaleAwareZoom(A.Affine):
+    """A zoom about the image centre (frame size kept) whose factor never shrinks the protected objects below
+    ``min_object_size``.
+
+    The factor is drawn uniformly from ``scale_range`` and then clipped from below to
+    ``min_object_size / q``, where ``q`` is the ``protect_quantile`` quantile of the objects' shorter sides
+    (px, in the image this transform receives); the result is then capped at ``scale_range[1]``, so when even the
+    largest zoom cannot lift the object to ``min_object_size`` it is the largest zoom (what is still too small
+    becomes an ignore region downstream). An image without objects is zoomed by the drawn factor.
+
+    It is an ``A.Affine`` with scale only (no translation, rotation or shear): the warp and the box mapping
+    are albumentations', only the draw of the factor looks at the boxes. Inside an ``A.Compose`` the
+    objects are the boxes whose first label column (the row index :class:`_BoxPreservingTransform` attaches)
+    is below the ``num_objects`` data key; without that key every box is an object.
+
+    Args:
+        scale_range: ``(min, max)`` zoom factor (``> 1`` zooms in).
+        min_object_size: shorter side (px, after the zoom) the protected object must keep.
+        protect_quantile: which object is protected, as a quantile of the shorter sides in ``[0, 1]``: ``0``
+            the smallest object of the image, ``0.5`` the median one.
+        fill: value of the pixels a zoom-out uncovers (a constant border: reflected borders would add
+            mirrored copies of objects without boxes).
+        p: probability of applying it.
+    """
+
+    def __init__(
+        self,
+        scale_range: tuple[float, float],
+        min_object_size: float,
+        protect_quantile: float = 0.0,
+        fill: float = 0,
+        p: float = 1.0,
+    ):
+        low, high = scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range}")
+        if not min_object_size > 0:
+            raise ValueError(f"min_object_size must be > 0 px, got {min_object_size}")
+        if not 0.0 <= protect_quantile <= 1.0:
+            raise ValueError(f"protect_quantile must be in [0, 1], got {protect_quantile}")
+        super().__init__(scale=(low, high), keep_ratio=True, border_mode=cv2.BORDER_CONSTANT, fill=fill, p=p)
+        self.scale_range = (float(low), float(high))
+        self.min_object_size, self.protect_quantile = float(min_object_size), float(protect_quantile)
+
+    def zoom_floor(self, bboxes: np.ndarray, image_shape: tuple[int, int], num_objects: int | None) -> float:
+        """The smallest zoom that keeps the protected object at ``min_object_size`` (0 if there is none).
+
+        Args:
+            bboxes: ``(K, 4 + L)`` albumentations' internal boxes (normalised xyxy, then the label columns).
+            image_shape: ``(H, W)`` of the image they are normalised by.
+            num_objects: rows whose first label column is below it are objects; ``None``: every row.
+        """
+        bboxes = np.asarray(bboxes, np.float64)
+        if bboxes.size == 0:  # an empty image (tiles of aerial scenes mostly are)
+            return 0.0
+        bboxes = bboxes.reshape(len(bboxes), -1)  # (K, 4 + L)
+        if num_objects is not None and bboxes.shape[1] > 4:
+            bboxes = bboxes[bboxes[:, 4] < num_objects]
+        if len(bboxes) == 0:
+            return 0.0
+        height, width = image_shape[:2]
+        sides = np.minimum((bboxes[:, 2] - bboxes[:, 0]) * width, (bboxes[:, 3] - bboxes[:, 1]) * height)  # (N,) px
+        protected = float(np.quantile(sides, self.protect_quantile))
+        return self.min_object_size / protected if protected > 0 else 0.0
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        image_shape = params["shape"][:2]
+        low, high = self.scale_range
+        floor = self.zoom_floor(data.get("bboxes", np.zeros((0, 4))), image_shape, data.get("num_objects"))
+        zoom = min(max(self.py_random.uniform(low, high), floor), high)
+        scale = {"x": zoom, "y": zoom}
+        # Affine's own matrices (about the pixel-grid centre for the image, the continuous centre for boxes).
+        no_translate, no_shear = {"x": 0, "y": 0}, {"x": 0.0, "y": 0.0}
+        matrix = fgeometric.create_affine_transformation_matrix(
+            no_translate, no_shear, scale, 0.0, fgeometric.center(image_shape)
+        )
+        bbox_matrix = fgeometric.create_affine_transformation_matrix(
+            no_translate, no_shear, scale, 0.0, fgeometric.center_bbox(image_shape)
+        )
+        return {
+            "rotate": 0.0,
+            "scale": scale,
+            "matrix": matrix,
+            "bbox_matrix": bbox_matrix,
+            "output_shape": image_shape,
+        }
+
+
 class TrainAugmentation(_BoxPreservingTransform):
     """Training augmentation for aerial tiny objects: resize, flips, scale jitter, mild photometric changes.
 
     Order: optional keep-ratio resize of the longest side to ``image_size``; horizontal and vertical flips;
     scale jitter about the image centre with the frame size kept (zooming in crops, zooming out pads with
     zeros); photometric changes. After it, objects smaller than ``min_box_size`` become ignore regions.
+
+    With ``min_object_size`` set, the scale jitter is a :class:`ScaleAwareZoom`: the drawn zoom is raised (up to
+    ``scale_range[1]``) so that the ``protect_quantile`` object of the image keeps a shorter side of at least
+    ``min_object_size`` px; the objects it still cannot save become ignore regions as above.
 
     Args:
         hflip: probability of a horizontal flip.
@@ -98,6 +195,11 @@ class TrainAugmentation(_BoxPreservingTransform):
         min_box_size: objects narrower or lower than this (pixels, after the transform) are moved from the
             targets to the ignore regions and counted in ``num_dropped``.
         image_size: if set, the longest side is resized to this many pixels first (keeping the aspect ratio).
+        min_object_size: if set, the zoom drawn from ``scale_range`` is clipped from below to
+            ``min_object_size / q`` (``q``: the ``protect_quantile`` quantile of the objects' shorter sides after
+            the resize, px) and from above to ``scale_range[1]``; ``None``: the plain uniform zoom.
+        protect_quantile: the protected object as a quantile of the shorter sides (``0``: the smallest object
+            of the image); only used with ``min_object_size``.
         seed: seed of the augmentation stream (``None``: from OS entropy). Data-loader workers are reseeded
             per worker by the datamodule.
     """
@@ -110,6 +212,8 @@ class TrainAugmentation(_BoxPreservingTransform):
         photometric: float = 0.8,
         min_box_size: float = 2.0,
         image_size: int | None = None,
+        min_object_size: float | None = None,
+        protect_quantile: float = 0.0,
         seed: int | None = None,
     ):
         for name, p in (("hflip", hflip), ("vflip", vflip), ("photometric", photometric)):
@@ -120,9 +224,16 @@ class TrainAugmentation(_BoxPreservingTransform):
             raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {scale_range}")
         self.hflip, self.vflip, self.scale_range, self.photometric = hflip, vflip, (low, high), photometric
         self.image_size = image_size
+        self.min_object_size, self.protect_quantile = min_object_size, protect_quantile
         transforms = [] if image_size is None else [A.LongestMaxSize(max_size=image_size, p=1.0)]
         transforms += [A.HorizontalFlip(p=hflip), A.VerticalFlip(p=vflip)]
-        if (low, high) != (1.0, 1.0):
+        if min_object_size is not None:
+            # Built even when there is no zoom range to clip, so bad settings are rejected in any case; added
+            # after the resize, so the guard measures the objects at the size the zoom receives them.
+            zoom = ScaleAwareZoom((low, high), min_object_size, protect_quantile, fill=0, p=1.0)
+            if (low, high) != (1.0, 1.0):
+                transforms.append(zoom)
+        elif (low, high) != (1.0, 1.0):
             # BORDER_CONSTANT: with reflect borders albumentations adds mirrored copies of the boxes, which would
             # be false targets and break our one-output-per-input accounting.
             transforms.append(
