@@ -20,6 +20,7 @@ from tod_lightning.data.dataset import (  # noqa: F401  (re-exported: the public
     read_image_rgb,
 )
 from tod_lightning.data.problems import (
+    BAD_AREA,
     BOX_CLIPPED,
     BOX_OUTSIDE_IMAGE,
     DUPLICATE_CATEGORY_ID,
@@ -62,7 +63,7 @@ def parse_categories(categories: Any, ann_file: str, problems: ProblemLog | None
     A missing or empty list is fatal; a bad or duplicate record is an error of ``problems`` (lenient: the
     first record of an id wins).
     """
-    problems = problems or ProblemLog(strict=True)
+    problems = ProblemLog(strict=True) if problems is None else problems
     if not isinstance(categories, list) or not categories:
         raise AnnotationError(f"{ann_file}: no 'categories' list (or it is empty)")
     names_by_id: dict[int, str] = {}
@@ -99,10 +100,11 @@ def read_categories(ann_file: str) -> tuple[list[int], list[str]]:
         try:
             value, _ = decoder.raw_decode(text, match.end())
             if isinstance(value, list) and all(isinstance(c, dict) and "id" in c for c in value):
-                return parse_categories(value, ann_file)
+                # Lenient here (the first record of an id wins): read_coco re-checks in the chosen mode.
+                return parse_categories(value, ann_file, ProblemLog(strict=False))
         except (json.JSONDecodeError, AnnotationError):
             pass  # not the top-level key (or broken): the full parse below decides
-    return parse_categories(load_coco_json(ann_file).get("categories"), ann_file)
+    return parse_categories(load_coco_json(ann_file).get("categories"), ann_file, ProblemLog(strict=False))
 
 
 def _parse_image(record: Any, ann_file: str) -> ImageRecord | tuple[str, str, str]:
@@ -125,11 +127,16 @@ def _parse_annotation(
     """One ``annotations`` record, parsed, or ``(kind, message)`` of why it is unusable.
 
     Returns:
-        ``(image_id, box_xyxy, label, area, iscrowd, clipped)``: ``box_xyxy`` in original pixels, clipped to
-        the image (``clipped`` says whether that changed it); ``area`` is the json ``area`` (``w * h`` if absent).
+        ``(image_id, box_xyxy, label, area, iscrowd, clipped, bad_area)``: ``box_xyxy`` in original pixels,
+        clipped to the image (``clipped`` says whether that changed it); ``area`` is the json ``area``
+        (``w * h`` if absent, or if unusable: then ``bad_area`` is True).
     """
     if not isinstance(record, dict):
         return MALFORMED_RECORD, "not an object"
+    if not isinstance(record.get("image_id"), int):
+        return MALFORMED_RECORD, f"needs an integer 'image_id', got {record.get('image_id')!r}"
+    if not isinstance(record.get("category_id"), int):
+        return MALFORMED_RECORD, f"needs an integer 'category_id', got {record.get('category_id')!r}"
     image = images.get(record.get("image_id"))
     if image is None:
         return UNKNOWN_IMAGE_ID, f"image_id={record.get('image_id')!r} is not in 'images'"
@@ -156,9 +163,13 @@ def _parse_annotation(
         )
     clipped = x1 != x or y1 != y or x2 != x + w or y2 != y + h
     area = record.get("area")
-    area = float(area) if isinstance(area, (int, float)) and math.isfinite(area) else float(w * h)
+    # The evaluator bins objects by this field: a missing area is w * h (COCO's default); a non-numeric,
+    # non-finite or non-positive one would silently drop the object from every bin, so it is replaced by
+    # w * h and reported (``bad_area``).
+    bad_area = "area" in record and not (isinstance(area, (int, float)) and math.isfinite(area) and area > 0)
+    area = float(w * h) if "area" not in record or bad_area else float(area)
     iscrowd = bool(record.get("iscrowd", 0))
-    return image.image_id, [x1, y1, x2, y2], label_of[record["category_id"]], area, iscrowd, clipped
+    return image.image_id, [x1, y1, x2, y2], label_of[record["category_id"]], area, iscrowd, clipped, bad_area
 
 
 def read_coco(ann_file: str, strict: bool = True) -> AnnotationSet:
@@ -184,8 +195,8 @@ def read_coco(ann_file: str, strict: bool = True) -> AnnotationSet:
         image = _parse_image(record, ann_file)
         if not isinstance(image, ImageRecord):
             problems.error(*image, action="skipped image")
-            if isinstance(record, dict):
-                skipped_image_ids.add(record.get("id"))
+            if isinstance(record, dict) and isinstance(record.get("id"), int):
+                skipped_image_ids.add(record["id"])
         elif image.image_id in images:
             problems.error(
                 DUPLICATE_IMAGE_ID,
@@ -217,13 +228,20 @@ def read_coco(ann_file: str, strict: bool = True) -> AnnotationSet:
                 as_known = _parse_annotation(dict(record, category_id=category_ids[0]), images, label_of, ann_file)
                 if len(as_known) != 2:
                     problems.error(parsed[0], where, parsed[1], action="made an ignore region")
-                    image_id, box_xyxy, _, area, _, _ = as_known
+                    image_id, box_xyxy, _, area, _, _, _ = as_known
                     per_image[image_id].append((box_xyxy, ANY_CLASS, area, True, record.get("id", -1)))
                     continue
             problems.error(parsed[0], where, parsed[1])
             continue
-        image_id, box_xyxy, label, area, iscrowd, clipped = parsed
+        image_id, box_xyxy, label, area, iscrowd, clipped, bad_area = parsed
         per_image[image_id].append((box_xyxy, label, area, iscrowd, record.get("id", -1)))
+        if bad_area:
+            problems.fix(
+                BAD_AREA,
+                f"{ann_file}: annotation id={record.get('id')}",
+                f"unusable area={record.get('area')!r}, replaced by the box's w * h = {area:g}",
+                "replaced",
+            )
         if clipped:
             problems.fix(
                 BOX_CLIPPED,

@@ -87,7 +87,9 @@ class ImageReadError(OSError, ValueError):
     """An image file that is missing, corrupt, or not the size its annotation file says (a bad input: both an
     ``OSError`` and a ``ValueError``, like :class:`~tod_lightning.data.problems.AnnotationError`)."""
 
-    def __init__(self, kind: str, message: str):
+    # (message, kind=...): torch re-raises a worker's exception as ``type(message)``, so the message must come
+    # first and alone for the type to survive data-loader worker processes.
+    def __init__(self, message: str, kind: str = CORRUPT_IMAGE):
         super().__init__(message)
         self.kind = kind
 
@@ -99,8 +101,8 @@ def read_image_rgb(path: str) -> np.ndarray:
     image_bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image_bgr is None:
         if os.path.exists(path):
-            raise ImageReadError(CORRUPT_IMAGE, f"cannot read image {path}: corrupt or not an image")
-        raise ImageReadError(MISSING_IMAGE, f"cannot read image {path}: file not found")
+            raise ImageReadError(f"cannot read image {path}: corrupt or not an image", kind=CORRUPT_IMAGE)
+        raise ImageReadError(f"cannot read image {path}: file not found", kind=MISSING_IMAGE)
     return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -227,9 +229,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         image_rgb = read_image_rgb(path)
         if record.height and record.width and image_rgb.shape[:2] != (record.height, record.width):
             raise ImageReadError(
-                IMAGE_SIZE_MISMATCH,
                 f"{path}: decoded size {image_rgb.shape[:2]} (h, w) differs from {self.annotations.source} "
                 f"image id={record.image_id} ({record.height}, {record.width})",
+                kind=IMAGE_SIZE_MISMATCH,
             )
         return image_rgb
 
@@ -258,6 +260,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             boxes_xyxy=np.concatenate([raw["boxes_xyxy"], raw["ignore_xyxy"]]).astype(np.float32),
             labels=np.concatenate([raw["labels"], np.full(len(raw["ignore_xyxy"]), -1)]).astype(np.int64),
             iscrowd=np.arange(n + len(raw["ignore_xyxy"])) >= n,
+            ann_ids=np.full(n + len(raw["ignore_xyxy"]), -1, np.int64),  # tile pieces are not file records
         )
         wh = tile.boxes_xyxy[:, 2:] - tile.boxes_xyxy[:, :2]
         tile.areas = (wh[:, 0] * wh[:, 1]).astype(np.float32)
@@ -276,7 +279,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             if self.strict:
                 if "image id=" in str(error):
                     raise
-                raise ImageReadError(error.kind, f"{error} (image id={record.image_id})") from None
+                raise ImageReadError(f"{error} (image id={record.image_id})", kind=error.kind) from None
             return {
                 "skipped": f"{error} [{error.kind}; skipped image]",
                 "image_id": record.image_id,

@@ -31,6 +31,7 @@ NON_FINITE_BOX = "non_finite_box"  # NaN or inf coordinates
 NON_POSITIVE_BOX = "non_positive_box"  # width or height <= 0
 BOX_OUTSIDE_IMAGE = "box_outside_image"  # entirely outside the image
 BOX_CLIPPED = "box_clipped"  # partly outside: clipped to the image (a fix, not an error)
+BAD_AREA = "bad_area"  # an unusable COCO "area" (non-finite, <= 0): replaced by w * h (a fix)
 MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
 IMAGE_SIZE_MISMATCH = "image_size_mismatch"  # the decoded size differs from the annotation file's
