@@ -17,6 +17,7 @@ from tod_lightning.models.heads.dense_head import DenseHead, HeadFactory
 from tod_lightning.models.necks.base import NeckFactory
 from tod_lightning.models.necks.fpn import FPN
 from tod_lightning.models.postprocess import PostProcessor
+from tod_lightning.models.sliced import SlicedInference
 from tod_lightning.optim import ParamGroup, apply_lr_mult, build_param_groups, warmup_cosine
 from tod_lightning.structures import Batch, Detections
 
@@ -37,6 +38,11 @@ class DetectionTask(L.LightningModule):
         param_groups: per-module rules (own ``lr_mult``, own weight decay) by parameter-name prefix.
         warmup_steps: linear warm-up steps of the default warm-up + cosine schedule.
         lr_scheduler: replaces the default schedule when given (stepped every optimizer step).
+        inference: how validation, test and predict run the detector on the (whole) images the loaders give:
+            ``None`` for one pass over each whole image; a :class:`SlicedInference` to detect on overlapping
+            tiles and merge them, so that the logged ``val/AP``, ``val/AP_vt``... are whole-image numbers
+            when training on tiles. With it, ``val/loss`` and ``test/loss`` are not logged: the criterion
+            needs one dense output over the whole image, which tiles do not give.
     """
 
     def __init__(
@@ -52,12 +58,13 @@ class DetectionTask(L.LightningModule):
         param_groups: list[ParamGroup] | None = None,
         warmup_steps: int = 200,
         lr_scheduler: LRSchedulerCallable | None = None,
+        inference: SlicedInference | None = None,
     ):
         super().__init__()
         # Under LightningCLI this stores the parsed config (not the objects), which is what lets
         # ``load_from_checkpoint`` rebuild injected parts; in plain Python it stores the plain arguments.
         self.save_hyperparameters(
-            ignore=["backbone", "necks", "head", "criterion", "postprocess"] if not _from_cli() else None
+            ignore=["backbone", "necks", "head", "criterion", "postprocess", "inference"] if not _from_cli() else None
         )
         self.detector = Detector(
             backbone or TimmBackbone("resnet18"),
@@ -73,6 +80,7 @@ class DetectionTask(L.LightningModule):
         self.param_groups = list(param_groups or [])
         self.warmup_steps = warmup_steps
         self.scheduler_factory = lr_scheduler
+        self.inference = inference
 
     # ----------------------------------------------------------------------------------------- steps
     def forward(self, images01: torch.Tensor):
@@ -95,10 +103,13 @@ class DetectionTask(L.LightningModule):
         if len(batch) == 0:  # every image of the batch was unreadable and skipped (strict=False)
             return
         images01 = batch.images01()
-        output = self.detector(images01)
-        losses = self.criterion(output, batch.targets, images01)
-        self.log(f"{stage}/loss", losses["loss"], batch_size=len(batch), sync_dist=True)
-        detections = self.postprocess(output, batch.image_sizes)
+        if self.inference is None:
+            output = self.detector(images01)
+            losses = self.criterion(output, batch.targets, images01)
+            self.log(f"{stage}/loss", losses["loss"], batch_size=len(batch), sync_dist=True)
+            detections = self.postprocess(output, batch.image_sizes)
+        else:  # whole images through tiles: no dense output over the image, hence no loss
+            detections = self.inference(self.detector, self.postprocess, images01, batch.image_sizes)
         preds, targets = [], []
         for det, target in zip(detections, batch.targets):
             det = det.to_original(target.scale, target.orig_size)
@@ -146,7 +157,10 @@ class DetectionTask(L.LightningModule):
         """Detections per image in ORIGINAL pixels and contiguous labels (the writer maps category ids)."""
         if len(batch) == 0:  # every image of the batch was unreadable and skipped (strict=False)
             return []
-        detections: list[Detections] = self.postprocess(self.detector(batch.images01()), batch.image_sizes)
+        if self.inference is None:
+            detections: list[Detections] = self.postprocess(self.detector(batch.images01()), batch.image_sizes)
+        else:
+            detections = self.inference(self.detector, self.postprocess, batch.images01(), batch.image_sizes)
         results = []
         for i, (det, target) in enumerate(zip(detections, batch.targets)):
             det = det.to_original(target.scale, target.orig_size)

@@ -6,5 +6,16 @@ from tod_lightning.models.heads import DenseHead
 from tod_lightning.models.ipg import IPGBackbone
 from tod_lightning.models.necks import FPN, Neck
 from tod_lightning.models.postprocess import PostProcessor
+from tod_lightning.models.sliced import SlicedInference
 
-__all__ = ["Backbone", "DenseHead", "Detector", "FPN", "IPGBackbone", "Neck", "PostProcessor", "TimmBackbone"]
+__all__ = [
+    "Backbone",
+    "DenseHead",
+    "Detector",
+    "FPN",
+    "IPGBackbone",
+    "Neck",
+    "PostProcessor",
+    "SlicedInference",
+    "TimmBackbone",
+]
