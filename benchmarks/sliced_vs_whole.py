@@ -100,22 +100,7 @@ def evaluate(task: DetectionTask, loader: DataLoader, inference: SlicedInference
                 torch.cuda.synchronize(device)
             seconds += time.perf_counter() - start
             num_detections += sum(len(d.scores) for d in detections)
-            preds, targets = [], []
-            for det, target in zip(detections, batch.targets):
-                det = det.to_original(target.scale, target.orig_size)
-                preds.append(
-                    {"boxes_xyxy": det.boxes_xyxy.cpu(), "scores": det.scores.cpu(), "labels": det.labels.cpu()}
-                )
-                targets.append(
-                    {
-                        "boxes_xyxy": target.orig_boxes_xyxy,
-                        "labels": target.orig_labels,
-                        "areas": target.orig_areas,
-                        "iscrowd": target.orig_iscrowd,
-                        "image_id": target.image_id,
-                    }
-                )
-            metric.update(preds, targets)
+            metric.update_detections(detections, batch.targets)
     values = {k: float(v) for k, v in metric.compute().items()}
     mb = 2.0**20
     row = {

@@ -26,6 +26,8 @@ from faster_coco_eval import __version__ as FCE_VERSION
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 
+from tod_lightning.structures import Detections, Target
+
 DEFAULT_AREA_RANGES: dict[str, tuple[float, float]] = {
     "vt": (0.0, 64.0),
     "t": (64.0, 256.0),
@@ -116,6 +118,27 @@ class AITODMetric(Metric):
         self.det_counts.append(torch.tensor([len(p["scores"]) for p in preds], dtype=torch.int64, device=dev))
         self.gt_counts.append(torch.tensor([len(t["labels"]) for t in targets], dtype=torch.int64, device=dev))
         self.image_ids.append(torch.tensor([int(t["image_id"]) for t in targets], dtype=torch.int64, device=dev))
+
+    def update_detections(self, detections: list[Detections], targets: list[Target]) -> None:
+        """``update`` from decoded detections in network-input pixels and the batch's targets.
+
+        Each detection is mapped back to its original image (``Detections.to_original``) and scored against
+        the target's ``orig_*`` annotations: the file's ground truth, not the augmented one.
+        """
+        preds, gts = [], []
+        for det, target in zip(detections, targets, strict=True):
+            det = det.to_original(target.scale, target.orig_size)
+            preds.append({"boxes_xyxy": det.boxes_xyxy, "scores": det.scores, "labels": det.labels})
+            gts.append(
+                {
+                    "boxes_xyxy": target.orig_boxes_xyxy,
+                    "labels": target.orig_labels,
+                    "areas": target.orig_areas,
+                    "iscrowd": target.orig_iscrowd,
+                    "image_id": target.image_id,
+                }
+            )
+        self.update(preds, gts)
 
     def _gather_kept(self, names, image_ids: np.ndarray, counts: np.ndarray, keep_img: np.ndarray) -> dict:
         """Concatenated per-object states (plus their ``image_id``) restricted to the kept images."""

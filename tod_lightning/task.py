@@ -110,20 +110,7 @@ class DetectionTask(L.LightningModule):
             detections = self.postprocess(output, batch.image_sizes)
         else:  # whole images through tiles: no dense output over the image, hence no loss
             detections = self.inference(self.detector, self.postprocess, images01, batch.image_sizes)
-        preds, targets = [], []
-        for det, target in zip(detections, batch.targets):
-            det = det.to_original(target.scale, target.orig_size)
-            preds.append({"boxes_xyxy": det.boxes_xyxy, "scores": det.scores, "labels": det.labels})
-            targets.append(
-                {
-                    "boxes_xyxy": target.orig_boxes_xyxy,
-                    "labels": target.orig_labels,
-                    "areas": target.orig_areas,
-                    "iscrowd": target.orig_iscrowd,
-                    "image_id": target.image_id,
-                }
-            )
-        metric.update(preds, targets)
+        metric.update_detections(detections, batch.targets)
         capped = sum(d.scores.numel() >= self.postprocess.max_per_image for d in detections)
         self.log(
             f"{stage}/capped_images",
