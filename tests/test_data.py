@@ -426,3 +426,38 @@ def test_worker_augmentation_streams_differ(tmp_path):
     images = [batch.images[0] for batch in unshuffled]
     # with the same stream, every pair (2k, 2k+1) would be flipped alike
     assert not all(torch.equal(images[i], images[i + 1]) for i in range(0, 16, 2))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_ddp_ranks_draw_different_augmentations(tmp_path, num_workers):
+    """DDP ranks share one global seed; each rank's stream must still differ (and repeat for the same rank)."""
+    coco = _coco(
+        images=[{"id": i, "file_name": "a.png", "width": 64, "height": 48} for i in range(1, 17)], annotations=[]
+    )  # 16 records of one image: a sample differs only by its flips
+    split = _write_split(tmp_path, coco)
+
+    def flips(rank: int) -> list[torch.Tensor]:
+        augmentation = TrainAugmentation(hflip=0.5, vflip=0.5, scale_range=(1.0, 1.0), photometric=0.0)
+        dm = DetectionDataModule(
+            train=split,
+            batch_size=1,
+            num_workers=num_workers,
+            persistent_workers=False,
+            train_augmentation=augmentation,
+        )
+        dm.trainer = type("FakeTrainer", (), {"global_rank": rank})()
+        dm.setup("fit")
+        torch.manual_seed(0)  # seed_everything gives every rank the same global seed
+        loader = dm.train_dataloader()
+        unshuffled = torch.utils.data.DataLoader(
+            loader.dataset,
+            batch_size=1,
+            num_workers=num_workers,
+            collate_fn=loader.collate_fn,
+            worker_init_fn=loader.worker_init_fn,
+        )
+        return [batch.images[0] for batch in unshuffled]
+
+    rank0, rank0_again, rank1 = flips(0), flips(0), flips(1)
+    assert all(torch.equal(a, b) for a, b in zip(rank0, rank0_again))
+    assert not all(torch.equal(a, b) for a, b in zip(rank0, rank1))

@@ -81,6 +81,10 @@ class DetectionTask(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.scheduler_factory = lr_scheduler
         self.inference = inference
+        # The last eval batch's decoded detections (network-input pixels) and aux maps, for callbacks that
+        # draw them (ValidationImageLogger) without running the detector again.
+        self.last_eval_detections: list[Detections] | None = None
+        self.last_eval_aux: dict[str, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------------------------------- steps
     def forward(self, images01: torch.Tensor):
@@ -109,7 +113,10 @@ class DetectionTask(L.LightningModule):
             self.log(f"{stage}/loss", losses["loss"], batch_size=len(batch), sync_dist=True)
             detections = self.postprocess(output, batch.image_sizes)
         else:  # whole images through tiles: no dense output over the image, hence no loss
+            output = None
             detections = self.inference(self.detector, self.postprocess, images01, batch.image_sizes)
+        self.last_eval_detections = detections
+        self.last_eval_aux = output.aux if output is not None else None
         metric.update_detections(detections, batch.targets)
         capped = sum(d.scores.numel() >= self.postprocess.max_per_image for d in detections)
         self.log(

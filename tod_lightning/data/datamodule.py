@@ -18,7 +18,14 @@ from tod_lightning.data.transforms import EvalTransform, TrainAugmentation
 logger = logging.getLogger(__name__)
 
 
-def _worker_init(worker_id: int) -> None:
+def _stream_seed(rank: int) -> int:
+    """The seed of this process's augmentation stream: torch's (per worker, per epoch, set by
+    ``seed_everything``) mixed with the DDP rank, whose processes all share one global seed but must not draw
+    the same augmentations (or mosaic sources) for their different images."""
+    return (torch.initial_seed() + 1_000_003 * rank) % 2**32
+
+
+def _worker_init(worker_id: int, rank: int = 0) -> None:
     """Give each data-loader worker its own augmentation stream.
 
     Forked workers inherit the parent's random states (the dataset's mixing draws, albumentations'
@@ -29,7 +36,7 @@ def _worker_init(worker_id: int) -> None:
     """
     dataset = torch.utils.data.get_worker_info().dataset
     if hasattr(dataset, "set_seed"):
-        dataset.set_seed(torch.initial_seed() % 2**32)
+        dataset.set_seed(_stream_seed(rank))
 
 
 class DetectionDataModule(lightning.LightningDataModule):
@@ -181,10 +188,11 @@ class DetectionDataModule(lightning.LightningDataModule):
         if name not in self.datasets:
             raise ValueError(f"no {name} split configured")
         dataset = self.datasets[name]
+        rank = self.trainer.global_rank if self.trainer is not None else 0
         if self.num_workers == 0 and hasattr(dataset, "set_seed"):
             # Loading in this process: seed the random streams from torch (which follows
             # seed_everything) as _worker_init does in workers, or runs would differ from run to run.
-            dataset.set_seed(torch.initial_seed() % 2**32)
+            dataset.set_seed(_stream_seed(rank))
         return DataLoader(
             self.datasets[name],
             batch_size=batch_size,
@@ -194,7 +202,7 @@ class DetectionDataModule(lightning.LightningDataModule):
             collate_fn=functools.partial(collate_detection, size_divisor=self.size_divisor),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
-            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            worker_init_fn=functools.partial(_worker_init, rank=rank) if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -78,7 +78,16 @@ class DetectionCriterion(nn.Module):
     def forward(
         self, output: DetectorOutput, targets: list[Target], images01: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Returns ``{"loss": total, "loss_cls", "loss_box", "loss_quality", "loss_<aux>"..., "num_pos"}``."""
+        """Returns ``{"loss": total, "loss_cls", "loss_box", "loss_quality", "loss_<aux>"..., "num_pos"}``.
+
+        Under autocast (``bf16-mixed`` / ``16-mixed``) the outputs may be half precision; they are upcast and
+        everything here, injected parts included, runs with autocast off, so every term is float32.
+        """
+        # Autocast would run any matmul-like op of an injected assigner, loss or weighting in bf16/fp16.
+        with torch.autocast(device_type=output.cls_logits[0].device.type, enabled=False):
+            return self._score(output, targets, images01)
+
+    def _score(self, output: DetectorOutput, targets: list[Target], images01: Tensor | None) -> dict[str, Tensor]:
         sizes = [tuple(m.shape[-2:]) for m in output.cls_logits]
         device = output.cls_logits[0].device
         points_xy, point_strides = level_points(sizes, output.strides, device)
