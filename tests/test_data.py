@@ -461,3 +461,14 @@ def test_ddp_ranks_draw_different_augmentations(tmp_path, num_workers):
     rank0, rank0_again, rank1 = flips(0), flips(0), flips(1)
     assert all(torch.equal(a, b) for a, b in zip(rank0, rank0_again))
     assert not all(torch.equal(a, b) for a, b in zip(rank0, rank1))
+
+
+def test_datamodule_categories_travel_with_checkpoints(tiny_splits):
+    train, val, folder = tiny_splits
+    state = DetectionDataModule(train=train, num_workers=0).state_dict()
+    assert state == {"category_ids": [3, 7, 12], "class_names": ["car", "person", "ship"]}
+    bare = DetectionDataModule(predict=folder, num_workers=0)  # no annotated split: categories unknown
+    bare.load_state_dict(state)
+    assert bare.category_ids == [3, 7, 12] and bare.class_names == ["car", "person", "ship"]
+    with pytest.raises(ValueError, match="checkpoint was trained on categories"):
+        DetectionDataModule(train=train, num_workers=0).load_state_dict({"category_ids": [1], "class_names": ["x"]})

@@ -20,6 +20,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from tod_lightning.coco_results import coco_records
+
 log = logging.getLogger(__name__)
 
 
@@ -60,22 +62,7 @@ class CocoPredictionWriter(BasePredictionWriter):
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
     ) -> None:
         category_ids = getattr(trainer.datamodule, "category_ids", None)
-        records = []
-        for batch in _flatten(predictions):
-            for image in batch:
-                boxes_xyxy = image["boxes_xyxy"].tolist()
-                for (x1, y1, x2, y2), score, label in zip(
-                    boxes_xyxy, image["scores"].tolist(), image["labels"].tolist()
-                ):
-                    records.append(
-                        {
-                            "image_id": int(image["image_id"]),
-                            "file_name": image["file_name"],
-                            "category_id": int(category_ids[label]) if category_ids else int(label) + 1,
-                            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                            "score": round(float(score), 5),
-                        }
-                    )
+        records = coco_records([image for batch in _flatten(predictions) for image in batch], category_ids)
         path = Path(self.output_file)
         if trainer.world_size > 1:
             path = path.with_suffix(f".rank{trainer.global_rank}{path.suffix}")

@@ -148,6 +148,28 @@ class DetectionDataModule(lightning.LightningDataModule):
         """The original COCO category id of each contiguous label."""
         return list(self._require_categories()[0])
 
+    # ----------------------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the label -> category mapping, so that predicting on a bare image folder or
+        exporting a model still writes the dataset's own category ids and names."""
+        if self._categories is None:
+            return {}
+        return {"category_ids": self.category_ids, "class_names": self.class_names}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Adopt a checkpoint's categories when no annotated split is configured; refuse different ones (the
+        head's labels would silently map to the wrong category ids)."""
+        if not state_dict:
+            return
+        saved = (list(state_dict["category_ids"]), list(state_dict["class_names"]))
+        if self._categories is None:
+            self._categories = saved
+        elif saved != self._categories:
+            raise ValueError(
+                f"the checkpoint was trained on categories {self._describe(saved)}, but the configured data has "
+                f"{self._describe(self._categories)}"
+            )
+
     def _build(self, name: str) -> None:
         split = self.splits[name]
         if split is None or name in self.datasets:
