@@ -1,0 +1,177 @@
+"""Training data loader throughput vs the quickstart model's training step: does loading keep up?
+
+    python benchmarks/data_pipeline.py               # quickstart 256x256 + generated 1024x1024, workers 0/1/2
+    python benchmarks/data_pipeline.py --batches 10 --steps 3
+    python benchmarks/data_pipeline.py --smoke       # a handful of 64x64 images, seconds
+
+Loader: ``DetectionDataModule(...).train_dataloader()`` exactly as training builds it: PNG decode,
+``TrainAugmentation()`` (the defaults configs/quickstart.yaml uses: flips, scale jitter 0.75-1.25,
+photometric block), ``collate_detection`` (padding to 32). Images/s are counted over ``--batches`` batches
+after the first (worker start-up and the first batch are excluded) for ``num_workers`` 0, 1, 2; "per
+worker" divides by max(1, workers).
+
+Model: the quickstart detector (ResNet-18 from scratch, FPN P2-P4 with 64 channels, DenseHead with 2 convs)
+with ``DetectionCriterion()`` and AdamW: forward + loss + backward + optimizer step on ONE collated batch
+of the same data, ``--steps`` timed steps after a warm-up step; seconds per image = median step / batch.
+
+"keeps up" = loader images/s >= model images/s. The two are measured one after the other, not together:
+in real training the workers share the CPU cores with the model, so on a 2-core machine the joint rate is
+lower than either figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from functools import partial
+
+import torch
+import torchvision
+
+from tod_lightning.data import DetectionDataModule, SyntheticSpec
+from tod_lightning.losses.criterion import DetectionCriterion
+from tod_lightning.models import FPN, DenseHead, Detector, TimmBackbone
+
+
+def machine() -> str:
+    """CPU model, cores and library versions, for the table header."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores, torch {torch.__version__}, torchvision {torchvision.__version__}"
+
+
+def quickstart_detector(num_classes: int) -> Detector:
+    """The model of configs/quickstart.yaml."""
+    torch.manual_seed(0)
+    return Detector(
+        TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16, 32]),
+        [partial(FPN, out_channels=64, min_level=2, max_level=4)],
+        partial(DenseHead, num_convs=2),
+        num_classes,
+    )
+
+
+def loader_rate(datamodule: DetectionDataModule, batches: int) -> tuple[float, float, object]:
+    """(images/s over ``batches`` batches after the first, seconds to the first batch, the first batch)."""
+    start = time.perf_counter()
+    iterator = iter(datamodule.train_dataloader())
+    first = next(iterator)
+    startup = time.perf_counter() - start
+    images, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            images += len(next(iterator))
+        except StopIteration:
+            break
+    seconds = time.perf_counter() - start
+    del iterator  # stops the workers
+    return images / seconds if seconds > 0 else float("nan"), startup, first
+
+
+def model_rate(batch, num_classes: int, steps: int) -> tuple[float, list[float]]:
+    """(images/s, per-step seconds) of forward + criterion + backward + AdamW step on one batch."""
+    detector, criterion = quickstart_detector(num_classes), DetectionCriterion()
+    detector.train()
+    optimizer = torch.optim.AdamW(detector.parameters(), lr=2e-3, weight_decay=0.05)
+    images01 = batch.images01()
+
+    def step() -> None:
+        output = detector(images01)
+        losses = criterion(output, batch.targets, images01)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+
+    step()  # warm-up (allocator, cudnn/oneDNN kernels)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return len(batch) / statistics.median(times), times
+
+
+def run_dataset(name: str, spec: SyntheticSpec, cache_dir: str, args) -> list[dict]:
+    rows, first_batch, num_classes = [], None, spec.num_classes
+    for workers in args.workers:
+        datamodule = DetectionDataModule(
+            synthetic=spec, cache_dir=cache_dir, batch_size=args.batch_size, num_workers=workers
+        )
+        datamodule.setup("fit")
+        rate, startup, first = loader_rate(datamodule, args.batches)
+        first_batch = first_batch or first
+        rows.append({"data": name, "workers": workers, "loader": rate, "startup": startup})
+        print(f"  {name} workers={workers}: {rate:.1f} img/s (start-up {startup:.2f} s)", flush=True)
+    model, times = model_rate(first_batch, num_classes, args.steps)
+    print(f"  {name} model: {model:.2f} img/s (steps {', '.join(f'{t:.2f}' for t in times)} s)", flush=True)
+    for row in rows:
+        row.update(model=model, model_times=times, batch=len(first_batch))
+    return rows
+
+
+def table(rows: list[dict], args) -> str:
+    lines = [
+        f"Machine: {machine()}",
+        f"Loader: batch {args.batch_size}, {args.batches} batches timed after the first; model: quickstart detector "
+        f"training step (fwd + DetectionCriterion + bwd + AdamW), median of {args.steps} steps on the same batch",
+        "",
+        "| data | workers | loader img/s | img/s per worker | first batch s | model step s/img "
+        "| model img/s | loader / model | keeps up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r["loader"] / r["model"]
+        lines.append(
+            f"| {r['data']} | {r['workers']} | {r['loader']:.1f} | {r['loader'] / max(1, r['workers']):.1f} | "
+            f"{r['startup']:.2f} | {1 / r['model']:.3f} | {r['model']:.2f} | {ratio:.1f}x | "
+            f"{'yes' if ratio >= 1 else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch-size", type=int, default=8, help="configs/quickstart.yaml's")
+    parser.add_argument("--batches", type=int, default=12, help="timed loader batches per setting")
+    parser.add_argument("--steps", type=int, default=3, help="timed model steps")
+    parser.add_argument("--large-size", type=int, default=1024, help="side of the generated large scenes, px")
+    parser.add_argument("--large-images", type=int, default=40, help="train images of the large scenes")
+    parser.add_argument("--cache-dir", default=".cache/tod_lightning")
+    parser.add_argument("--smoke", action="store_true", help="a handful of 64x64 images, seconds")
+    args = parser.parse_args(argv)
+    tmp = None
+    if args.smoke:
+        tmp = tempfile.TemporaryDirectory()
+        args.cache_dir, args.batch_size, args.batches, args.steps, args.workers = tmp.name, 2, 2, 1, [0, 1]
+        datasets = [("synthetic 64x64", SyntheticSpec(image_size=64, num_train=8, num_val=0, max_objects=5))]
+    else:
+        datasets = [
+            ("quickstart 256x256", SyntheticSpec()),
+            (
+                f"generated {args.large_size}x{args.large_size}",
+                SyntheticSpec(image_size=args.large_size, num_train=args.large_images, num_val=0, density_side=256),
+            ),
+        ]
+    rows = []
+    try:
+        for name, spec in datasets:
+            rows += run_dataset(name, spec, args.cache_dir, args)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(table(rows, args))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
