@@ -91,18 +91,12 @@ class DetectionCriterion(nn.Module):
         sizes = [tuple(m.shape[-2:]) for m in output.cls_logits]
         device = output.cls_logits[0].device
         points_xy, point_strides = level_points(sizes, output.strides, device)
-        level_counts = [h * w for h, w in sizes]
         cls_logits = flatten_levels(output.cls_logits).float()  # (B, P, K)
         box_deltas = flatten_levels(output.box_deltas).float()  # (B, P, 4)
         quality_logits = flatten_levels(output.quality_logits).float().squeeze(-1)  # (B, P)
         b, p, k = cls_logits.shape
 
-        gt_index = torch.stack(
-            [
-                self.assigner(points_xy, point_strides, level_counts, t.boxes_xyxy, t.ignore_xyxy).gt_index
-                for t in targets
-            ]
-        )  # (B, P)
+        gt_index = self._assign(points_xy, point_strides, sizes, targets)  # (B, P)
         # Matched ground truth of every positive, gathered from all images at once.
         gt_counts = torch.tensor([t.boxes_xyxy.shape[0] for t in targets], device=device)
         offsets = torch.cumsum(gt_counts, 0) - gt_counts  # (B,)
@@ -149,6 +143,24 @@ class DetectionCriterion(nn.Module):
         losses["loss"] = sum(losses.values())
         losses["num_pos"] = num_pos.detach()
         return losses
+
+    def _assign(
+        self, points_xy: Tensor, point_strides: Tensor, sizes: list[tuple[int, int]], targets: list[Target]
+    ) -> Tensor:
+        """``(B, P)`` matched ground-truth index per point (``-1`` negative, ``-2`` ignored).
+
+        A loop over the images whose body is whole-tensor work: the assigner has no loop over boxes and scores
+        only each box's candidate points (see :class:`ATSSAssigner`'s ``level_shapes``).
+        """
+        level_counts = [h * w for h, w in sizes]
+        return torch.stack(
+            [
+                self.assigner(
+                    points_xy, point_strides, level_counts, t.boxes_xyxy, t.ignore_xyxy, level_shapes=sizes
+                ).gt_index
+                for t in targets
+            ]
+        )  # (B, P)
 
 
 def _paired_iou(a_xyxy: Tensor, b_xyxy: Tensor) -> Tensor:

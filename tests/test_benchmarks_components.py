@@ -1,0 +1,35 @@
+"""The components benchmark's smoke mode produces its table (no timing asserts)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import components  # noqa: E402
+
+
+def test_components_smoke_prints_table(capsys):
+    table = components.main(["--smoke"])
+    assert table == capsys.readouterr().out.strip()  # header first, then each row as measured
+    rows = [line for line in table.splitlines() if line.startswith("| 64x64")]
+    names = {row.split("|")[2].strip() for row in rows}
+    assert names == {"assign", "loss fwd", "loss fwd+bwd", "postprocess"}
+    assert len(rows) == 4 * 2  # two box counts per component
+    # Post-processing finds every planted box (one detection per box after NMS).
+    dets = [row.split("|")[7].strip() for row in rows if "postprocess" in row]
+    assert dets == ["5 dets/img", "20 dets/img"]
+
+
+def test_assign_batch_matches_criterion():
+    import torch
+
+    from tod_lightning.losses.criterion import DetectionCriterion
+
+    gen = torch.Generator().manual_seed(0)
+    targets = components.random_targets(2, 64, 30, gen)
+    out = components.random_output(2, 64, gen, requires_grad=False)
+    crit = DetectionCriterion()
+    gt_index = components.assign_batch(crit, out, targets)
+    losses = crit(out, targets)
+    assert gt_index.shape == (2, sum((64 // s) ** 2 for s in components.STRIDES))
+    assert float(losses["num_pos"]) == float((gt_index >= 0).sum())
