@@ -22,13 +22,13 @@ count in turn) so that load from other processes on a shared machine spreads ove
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 import torchvision
 
+from tod_lightning.benchmarking import cpu_model
 from tod_lightning.losses.criterion import DetectionCriterion
 from tod_lightning.models.postprocess import PostProcessor
 from tod_lightning.ops.points import level_points
@@ -36,17 +36,6 @@ from tod_lightning.structures import DetectorOutput, Target
 
 STRIDES = [4, 8, 16]
 NUM_CLASSES = 4
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def random_targets(batch: int, size: int, num_boxes: int, gen: torch.Generator) -> list[Target]:

@@ -22,31 +22,17 @@ lower than either figure.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from functools import partial
 
 import torch
-import torchvision
 
+from tod_lightning.benchmarking import describe_machine
 from tod_lightning.data import DetectionDataModule, SyntheticSpec
 from tod_lightning.losses.criterion import DetectionCriterion
 from tod_lightning.models import FPN, DenseHead, Detector, TimmBackbone
-
-
-def machine() -> str:
-    """CPU model, cores and library versions, for the table header."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, torch {torch.__version__}, torchvision {torchvision.__version__}"
 
 
 def quickstart_detector(num_classes: int) -> Detector:
@@ -120,7 +106,7 @@ def run_dataset(name: str, spec: SyntheticSpec, cache_dir: str, args) -> list[di
 
 def table(rows: list[dict], args) -> str:
     lines = [
-        f"Machine: {machine()}",
+        f"Machine: {describe_machine()}",
         f"Loader: batch {args.batch_size}, {args.batches} batches timed after the first; model: quickstart detector "
         f"training step (fwd + DetectionCriterion + bwd + AdamW), median of {args.steps} steps on the same batch",
         "",

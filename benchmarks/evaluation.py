@@ -24,32 +24,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
-import torchvision
 
+from tod_lightning.benchmarking import describe_machine
 from tod_lightning.metrics import DEFAULT_AREA_RANGES, AITODMetric
 
 ROW_KEYS = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR", "AR_vt", "AR_t", "AR_s", "AR_m"]
 MAX_DETS = (1, 100, 1500)
-
-
-def machine() -> str:
-    """CPU model, cores and library versions, for the table header."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, torch {torch.__version__}, torchvision {torchvision.__version__}"
 
 
 def make_case(n_images: int, dets_per_image: int, n_classes: int = 4, seed: int = 0):
@@ -195,7 +180,7 @@ def table(result: dict, n_images: int, dets: int) -> str:
     max_diff = max(result["diffs"].values())
     ratio = statistics.median(result["ratios"])
     lines = [
-        f"Machine: {machine()}",
+        f"Machine: {describe_machine()}",
         f"Data: {n_images} images x {dets} detections, AI-TOD bins all/vt/t/s/m, maxDets {list(MAX_DETS)}, "
         f"{len(result['t_ours'])} alternating pair(s); median (min-max)",
         "",

