@@ -1,18 +1,23 @@
 """Assignment, loss and post-processing time against the number of ground-truth boxes per image.
 
-    python benchmarks/components.py              # quickstart geometry, 100/500/2000 boxes, median of 20 runs
+    python benchmarks/components.py              # 3 input sizes, 100/500/2000 boxes, median of 20 runs
     python benchmarks/components.py --smoke      # tiny sizes, seconds
 
-Geometry of ``configs/quickstart.yaml``: FPN P2-P4 (strides 4, 8, 16), 4 classes, input 512x512 batch 2 and
-256x256 batch 8. Ground truth: tiny boxes (sides 2-16 px) spread uniformly over the image. Timed separately
-(median and spread over ``--runs`` runs after ``--warmup`` runs, all in float32 on CPU unless ``--device``):
+Head of ``configs/quickstart.yaml``: FPN P2-P4 (strides 4, 8, 16), 4 classes; inputs 800x800 batch 2 (an AI-TOD
+image), 512x512 batch 2 and 256x256 batch 8 (the quickstart's batch; 2000 boxes of 2-16 px there cover the
+image about 2.5 times over, a stress case rather than a scene). Ground truth: tiny boxes (sides 2-16 px) spread
+uniformly over the image. Timed separately (median and spread over ``--runs`` runs after ``--warmup`` runs, all
+in float32 on CPU unless ``--device``):
 
 - ``assign``: the assignment of a batch exactly as :class:`~tod_lightning.losses.DetectionCriterion` runs it;
 - ``loss fwd``: the full criterion forward on random head outputs (assignment included);
 - ``loss fwd+bwd``: the same plus ``backward()`` of the total loss;
 - ``postprocess``: :class:`~tod_lightning.models.postprocess.PostProcessor` on head outputs where every box
   is planted (exact box, high score) on its nearest stride-4 point and, with lower scores, on the 4 neighbours,
-  over a low-score random background: the detections before and after NMS grow with the boxes.
+  over a low-score random background: the detections before and after NMS grow with the boxes;
+- ``pp candidates``: its decode, score threshold and top-k (``PostProcessor.candidates``), everything but NMS;
+- ``pp nms``: torchvision's ``batched_nms`` alone on those candidates (its CPU kernel compares every kept box
+  with every later box of its (image, class) group, so it grows with the square of the candidates).
 
 Printed: one row per (geometry, component, boxes) with the median, the spread (min-max) and the ratio of the
 median at the largest box count to the one at the smallest. The box counts are run interleaved (one run of each
@@ -106,8 +111,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--boxes", type=int, nargs="+", default=[100, 500, 2000])
-    parser.add_argument("--geometries", nargs="+", default=["512x2", "256x8"], help="SIZExBATCH")
-    parser.add_argument("--components", nargs="+", default=["assign", "loss fwd", "loss fwd+bwd", "postprocess"])
+    parser.add_argument("--geometries", nargs="+", default=["800x2", "512x2", "256x8"], help="SIZExBATCH")
+    parser.add_argument(
+        "--components",
+        nargs="+",
+        default=["assign", "loss fwd", "loss fwd+bwd", "postprocess", "pp candidates", "pp nms"],
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -130,6 +139,13 @@ def main(argv: list[str] | None = None) -> str:
     for geometry in args.geometries:
         size, batch = map(int, geometry.split("x"))
         gen = torch.Generator().manual_seed(0)
+        image_sizes = torch.tensor([[size, size]] * batch, device=device)
+        num_classes = NUM_CLASSES
+
+        def nms_of(candidates):
+            boxes_xyxy, scores, labels, image_idx = candidates
+            return torchvision.ops.batched_nms(boxes_xyxy, scores, image_idx * num_classes + labels, post.nms_iou)
+
         cases = {}
         for n in args.boxes:
             targets = random_targets(batch, size, n, gen)
@@ -142,8 +158,8 @@ def main(argv: list[str] | None = None) -> str:
                 strides=o.strides,
                 image_size=o.image_size,
             )
-            cases[n] = (to(targets), mv(out, True), mv(planted, False))
-        image_sizes = torch.tensor([[size, size]] * batch, device=device)
+            planted = mv(planted, False)
+            cases[n] = (to(targets), mv(out, True), planted, post.candidates(planted, image_sizes))
 
         def fwd_bwd(targets, out):
             criterion(out, targets)["loss"].backward()
@@ -153,6 +169,8 @@ def main(argv: list[str] | None = None) -> str:
             "loss fwd": lambda c: criterion(c[1], c[0]),
             "loss fwd+bwd": lambda c: fwd_bwd(c[0], c[1]),
             "postprocess": lambda c: post(c[2], image_sizes),
+            "pp candidates": lambda c: post.candidates(c[2], image_sizes),
+            "pp nms": lambda c: nms_of(c[3]),
         }
         extra = {n: sum(d.scores.numel() for d in post(cases[n][2], image_sizes)) for n in args.boxes}
         for name in args.components:
@@ -162,7 +180,7 @@ def main(argv: list[str] | None = None) -> str:
                 for n in args.boxes:  # interleaved: one run of each box count in turn
                     sync(device)
                     t0 = time.perf_counter()
-                    with torch.no_grad() if name in ("assign", "postprocess") else torch.enable_grad():
+                    with torch.enable_grad() if name.startswith("loss") else torch.no_grad():
                         fn(cases[n])
                     sync(device)
                     if i >= args.warmup:
@@ -171,6 +189,8 @@ def main(argv: list[str] | None = None) -> str:
             for n in args.boxes:
                 ratio = med[n] / med[args.boxes[0]]
                 note = f"{extra[n] / batch:.0f} dets/img" if name == "postprocess" else ""
+                if name == "pp nms":
+                    note = f"{len(cases[n][3][1]) / batch:.0f} candidates/img"
                 rows.append(
                     f"| {size}x{size} b{batch} | {name} | {n} | {1e3 * med[n]:.2f} | "
                     f"{1e3 * min(times[n]):.2f}-{1e3 * max(times[n]):.2f} | {ratio:.2f} | {note} |"

@@ -82,8 +82,14 @@ class TimedAssigner:
         self.inner, self.seconds = inner, 0.0
 
     def __call__(self, *args, **kwargs):
+        return self._timed(self.inner, *args, **kwargs)
+
+    def assign_batch(self, *args, **kwargs):
+        return self._timed(self.inner.assign_batch, *args, **kwargs)
+
+    def _timed(self, fn, *args, **kwargs):
         t0 = time.perf_counter()
-        out = self.inner(*args, **kwargs)
+        out = fn(*args, **kwargs)
         self.seconds += time.perf_counter() - t0
         return out
 

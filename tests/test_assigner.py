@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tod_lightning.assigners import IGNORE, NEGATIVE, ATSSAssigner, IoUSimilarity, NWDSimilarity
+from tod_lightning.assigners.atss import mean_plus_std
 from tod_lightning.ops import level_points
 
 STRIDES = [4, 8, 16, 32]
@@ -121,7 +122,7 @@ def _reference_assign(assigner, points_xy, point_strides, counts, gt):
         start += size
     cand_idx = torch.cat(cands)
     cand_sim = sim.gather(0, cand_idx)
-    threshold = cand_sim.mean(0) + cand_sim.std(0, unbiased=len(cand_idx) > 1)
+    threshold = mean_plus_std(cand_sim.T)  # the assigner's own formula (float rounding included)
     x, y = points_xy[:, 0:1], points_xy[:, 1:2]
     inside = ((x > gt[:, 0]) & (x < gt[:, 2]) & (y > gt[:, 1]) & (y < gt[:, 3])).gather(0, cand_idx)
     is_pos = (cand_sim >= threshold) & inside
@@ -163,9 +164,55 @@ def test_vectorised_assigner_equals_reference(similarity, case):
         gt = gt.round()
     if n >= 8:
         gt[: n // 4] = gt[n // 4 : 2 * (n // 4)]
-    assigner = ATSSAssigner(similarity)
-    ref_index, ref_sim = _reference_assign(assigner, points_xy, point_strides, counts, gt)
-    for shapes in (sizes, None):
-        result = assigner(points_xy, point_strides, counts, gt, level_shapes=shapes)
-        assert torch.equal(result.gt_index, ref_index)
-        assert torch.equal(result.similarity, ref_sim)
+    ref_index, ref_sim = _reference_assign(ATSSAssigner(similarity), points_xy, point_strides, counts, gt)
+    for sync_free in (False, True):  # the CPU schedule and the accelerator one
+        assigner = ATSSAssigner(similarity, sync_free=sync_free)
+        for shapes in (sizes, None):
+            result = assigner(points_xy, point_strides, counts, gt, level_shapes=shapes)
+            assert torch.equal(result.gt_index, ref_index)
+            assert torch.equal(result.similarity, ref_sim)
+
+
+@pytest.mark.parametrize("topk", [1, 2, 4, 9, 12, 16, 25])
+@pytest.mark.parametrize("sizes,strides", [([(10, 13), (5, 7)], [4, 8]), ([(9, 11), (5, 6), (3, 3)], [4, 8, 16])])
+def test_window_search_equals_dense_search_at_every_sub_cell_offset(topk, sizes, strides):
+    """The windowed candidate search returns exactly the dense search's candidates, in order, for box centres on a
+    sixteenth-of-a-cell lattice over the whole image (exact ties everywhere, the edges and corners included) and
+    at random positions."""
+    points_xy, point_strides = level_points(sizes, strides, "cpu")
+    counts = [h * w for h, w in sizes]
+    height, width = sizes[0][0] * strides[0], sizes[0][1] * strides[0]
+    xs, ys = torch.arange(0, width + 0.01, 0.25), torch.arange(0, height + 0.01, 0.25)
+    lattice = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
+    random = torch.rand(5000, 2, generator=torch.Generator().manual_seed(topk)) * torch.tensor([width, height])
+    centers = torch.cat([lattice, random])
+    assigner = ATSSAssigner(topk=topk)
+    windowed, win_strides = assigner._candidates(points_xy, point_strides, counts, sizes, centers)
+    dense, dense_strides = assigner._candidates(points_xy, point_strides, counts, None, centers)
+    assert torch.equal(windowed, dense)
+    assert torch.equal(win_strides, dense_strides)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_batch_assignment_equals_assigning_each_image_alone(sync_free):
+    """One call for a batch (boxes of all images scored together) gives every image exactly its own assignment:
+    images with 0, 1 and many boxes, duplicated boxes across images, ignore regions on some images only."""
+    g = torch.Generator().manual_seed(7)
+    sizes = [(32, 32), (16, 16), (8, 8)]
+    points_xy, point_strides = level_points(sizes, [4, 8, 16], "cpu")
+    counts = [h * w for h, w in sizes]
+    boxes, ignores = [], []
+    for n in [40, 0, 1, 120, 40]:
+        wh = 2 + 14 * torch.rand(n, 2, generator=g)
+        boxes.append(torch.cat([xy := torch.rand(n, 2, generator=g) * (128 - wh), xy + wh], dim=1))
+        ignores.append(torch.tensor([[0.0, 0.0, 40.0, 30.0]]) if n % 3 == 0 else None)
+    boxes[4] = boxes[0].clone()  # the same boxes in two images must not compete for points
+    assigner = ATSSAssigner(sync_free=sync_free)
+    batch = assigner.assign_batch(points_xy, point_strides, counts, boxes, ignores, level_shapes=sizes)
+    assert batch.gt_index.shape == (5, points_xy.shape[0])
+    for i, (gt, ignore) in enumerate(zip(boxes, ignores)):
+        alone = assigner(points_xy, point_strides, counts, gt, ignore, level_shapes=sizes)
+        assert torch.equal(batch.gt_index[i], alone.gt_index), i
+        assert torch.equal(batch.similarity[i], alone.similarity), i
+    assert torch.equal(batch.gt_index[0], batch.gt_index[4])
+    assert (batch.gt_index[1] < 0).all() and (batch.gt_index[1] == IGNORE).any()

@@ -149,18 +149,18 @@ class DetectionCriterion(nn.Module):
     ) -> Tensor:
         """``(B, P)`` matched ground-truth index per point (``-1`` negative, ``-2`` ignored).
 
-        A loop over the images whose body is whole-tensor work: the assigner has no loop over boxes and scores
-        only each box's candidate points (see :class:`ATSSAssigner`'s ``level_shapes``).
+        One call for the whole batch: the assigner has no loop over boxes or images and scores only each box's
+        candidate points (see :meth:`ATSSAssigner.assign_batch`).
         """
         level_counts = [h * w for h, w in sizes]
-        return torch.stack(
-            [
-                self.assigner(
-                    points_xy, point_strides, level_counts, t.boxes_xyxy, t.ignore_xyxy, level_shapes=sizes
-                ).gt_index
-                for t in targets
-            ]
-        )  # (B, P)
+        return self.assigner.assign_batch(
+            points_xy,
+            point_strides,
+            level_counts,
+            [t.boxes_xyxy for t in targets],
+            [t.ignore_xyxy for t in targets],
+            level_shapes=sizes,
+        ).gt_index  # (B, P)
 
 
 def _paired_iou(a_xyxy: Tensor, b_xyxy: Tensor) -> Tensor:

@@ -42,6 +42,26 @@ class PostProcessor:
     @torch.no_grad()
     def __call__(self, output: DetectorOutput, image_sizes: Tensor) -> list[Detections]:
         """``image_sizes``: ``(B, 2)`` unpadded ``(height, width)``; boxes are clipped to them."""
+        boxes_xyxy, scores, labels, image_idx = self.candidates(output, image_sizes)
+        num_classes = output.cls_logits[0].shape[1]
+        kept = batched_nms(boxes_xyxy, scores, image_idx * num_classes + labels, self.nms_iou)  # sorted by score
+        # Stable sort by image keeps each image's detections in descending score order.
+        order = torch.sort(image_idx[kept], stable=True).indices
+        kept = kept[order]
+        counts = torch.bincount(image_idx[kept], minlength=len(image_sizes)).tolist()  # host sync
+        results = []
+        for det_boxes, det_scores, det_labels in zip(
+            boxes_xyxy[kept].split(counts), scores[kept].split(counts), labels[kept].split(counts)
+        ):
+            n = min(self.max_per_image, det_scores.numel())
+            results.append(Detections(det_boxes[:n], det_scores[:n], det_labels[:n]))
+        return results
+
+    @torch.no_grad()
+    def candidates(self, output: DetectorOutput, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The input of NMS: ``(N, 4)`` boxes (xyxy, clipped), ``(N,)`` scores, labels and image indices of the
+        ``pre_nms_topk`` best (point, class) pairs of each image that pass the score threshold and are non-empty.
+        """
         sizes = [tuple(m.shape[-2:]) for m in output.cls_logits]
         points_xy, point_strides = level_points(sizes, output.strides, output.cls_logits[0].device)
         cls_prob = flatten_levels(output.cls_logits).float().sigmoid()  # (B, P, K)
@@ -51,7 +71,10 @@ class PostProcessor:
         b, p, k = scores.shape
 
         flat = scores.reshape(b, p * k)
-        topk = min(self.pre_nms_topk, p * k)
+        # Top-k over only as many entries as pass the threshold in the fullest image (a host sync; post-processing
+        # has one anyway): a 10k-candidate top-k costs far more than selecting a sparse image's few hundred.
+        above = int((flat > self.score_thresh).sum(1).max()) if b > 0 else 0
+        topk = min(self.pre_nms_topk, p * k, above)
         top_scores, top_idx = flat.topk(topk, dim=1)  # (B, topk)
         point_idx, labels = top_idx // k, top_idx % k
         boxes_xyxy = self.coder.decode(
@@ -61,24 +84,6 @@ class PostProcessor:
         boxes_xyxy = torch.minimum(boxes_xyxy.clamp(min=0), limits)
         image_idx = torch.arange(b, device=scores.device).unsqueeze(1).expand(-1, topk)
 
-        keep = top_scores > self.score_thresh
-        boxes_xyxy, top_scores, labels, image_idx = boxes_xyxy[keep], top_scores[keep], labels[keep], image_idx[keep]
-        nonempty = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
-        boxes_xyxy, top_scores, labels, image_idx = (
-            boxes_xyxy[nonempty],
-            top_scores[nonempty],
-            labels[nonempty],
-            image_idx[nonempty],
-        )
-        kept = batched_nms(boxes_xyxy, top_scores, image_idx * k + labels, self.nms_iou)  # sorted by score
-        # Stable sort by image keeps each image's detections in descending score order.
-        order = torch.sort(image_idx[kept], stable=True).indices
-        kept = kept[order]
-        counts = torch.bincount(image_idx[kept], minlength=b).tolist()
-        results = []
-        for det_boxes, det_scores, det_labels in zip(
-            boxes_xyxy[kept].split(counts), top_scores[kept].split(counts), labels[kept].split(counts)
-        ):
-            n = min(self.max_per_image, det_scores.numel())
-            results.append(Detections(det_boxes[:n], det_scores[:n], det_labels[:n]))
-        return results
+        keep = (top_scores > self.score_thresh) & (boxes_xyxy[..., 2] > boxes_xyxy[..., 0])
+        keep &= boxes_xyxy[..., 3] > boxes_xyxy[..., 1]  # non-empty after clipping
+        return boxes_xyxy[keep], top_scores[keep], labels[keep], image_idx[keep]  # (N, 4), (N,), (N,), (N,)

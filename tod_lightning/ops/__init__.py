@@ -1,12 +1,13 @@
 """Pure tensor math (torch only): points per level, box coding, similarities, tile windows (numpy)."""
 
-from tod_lightning.ops.boxes import PointBoxCoder, box_area, boxes_inside, points_in_boxes
+from tod_lightning.ops.boxes import PointBoxCoder, box_area, boxes_in_regions, boxes_inside, points_in_boxes
 from tod_lightning.ops.points import level_points
 from tod_lightning.ops.tiles import tile_starts, tile_windows
 
 __all__ = [
     "PointBoxCoder",
     "box_area",
+    "boxes_in_regions",
     "boxes_inside",
     "level_points",
     "points_in_boxes",

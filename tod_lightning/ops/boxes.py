@@ -20,6 +20,15 @@ def points_in_boxes(points_xy: Tensor, boxes_xyxy: Tensor) -> Tensor:
     return (x > boxes_xyxy[:, 0]) & (x < boxes_xyxy[:, 2]) & (y > boxes_xyxy[:, 1]) & (y < boxes_xyxy[:, 3])
 
 
+def boxes_in_regions(boxes_xyxy: Tensor, regions_xyxy: Tensor, min_overlap: float = 0.5) -> Tensor:
+    """``(N, 4)``, ``(M, 4)`` -> ``(N, M)`` bool: at least ``min_overlap`` of the box area lies in the region."""
+    lt = torch.maximum(boxes_xyxy[:, None, :2], regions_xyxy[None, :, :2])  # (N, M, 2)
+    rb = torch.minimum(boxes_xyxy[:, None, 2:], regions_xyxy[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)  # (N, M)
+    area = box_area(boxes_xyxy).clamp(min=1e-6)[:, None]
+    return inter / area >= min_overlap
+
+
 def boxes_inside(boxes_xyxy: Tensor, regions_xyxy: Tensor, min_overlap: float = 0.5) -> Tensor:
     """``(N, 4)``, ``(M, 4)`` -> ``(N,)`` bool: at least ``min_overlap`` of the box area lies in one region.
 
@@ -28,11 +37,7 @@ def boxes_inside(boxes_xyxy: Tensor, regions_xyxy: Tensor, min_overlap: float = 
     """
     if regions_xyxy.numel() == 0 or boxes_xyxy.numel() == 0:
         return torch.zeros(boxes_xyxy.shape[0], dtype=torch.bool, device=boxes_xyxy.device)
-    lt = torch.maximum(boxes_xyxy[:, None, :2], regions_xyxy[None, :, :2])  # (N, M, 2)
-    rb = torch.minimum(boxes_xyxy[:, None, 2:], regions_xyxy[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)  # (N, M)
-    area = box_area(boxes_xyxy).clamp(min=1e-6)[:, None]
-    return (inter / area >= min_overlap).any(dim=1)
+    return boxes_in_regions(boxes_xyxy, regions_xyxy, min_overlap).any(dim=1)
 
 
 class PointBoxCoder:
