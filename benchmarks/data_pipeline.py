@@ -39,7 +39,7 @@ def quickstart_detector(num_classes: int) -> Detector:
     """The model of configs/quickstart.yaml."""
     torch.manual_seed(0)
     return Detector(
-        TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16, 32]),
+        TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16]),
         [partial(FPN, out_channels=64, min_level=2, max_level=4)],
         partial(DenseHead, num_convs=2),
         num_classes,

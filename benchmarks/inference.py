@@ -70,7 +70,7 @@ def measure(case: dict) -> dict:
     device = torch.device(case["device"])
     torch.manual_seed(0)
     detector = Detector(
-        TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16, 32]),
+        TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16]),
         [partial(FPN, out_channels=64, min_level=2, max_level=4)],
         partial(DenseHead, num_convs=2),
         4,

@@ -120,7 +120,7 @@ def smoke_task(num_classes: int) -> DetectionTask:
     torch.manual_seed(0)
     return DetectionTask(
         num_classes=num_classes,
-        backbone=TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16, 32]),
+        backbone=TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16]),
         necks=[partial(FPN, out_channels=32, min_level=2, max_level=4)],
         head=partial(DenseHead, num_convs=1),
     )

@@ -465,8 +465,9 @@ def test_ddp_ranks_draw_different_augmentations(tmp_path, num_workers):
 
 def test_datamodule_categories_travel_with_checkpoints(tiny_splits):
     train, val, folder = tiny_splits
-    state = DetectionDataModule(train=train, num_workers=0).state_dict()
-    assert state == {"category_ids": [3, 7, 12], "class_names": ["car", "person", "ship"]}
+    state = DetectionDataModule(train=train, num_workers=0, size_divisor=64).state_dict()
+    assert state == {"category_ids": [3, 7, 12], "class_names": ["car", "person", "ship"], "size_divisor": 64}
+    assert DetectionDataModule(predict=folder, num_workers=0).state_dict() == {"size_divisor": 32}
     bare = DetectionDataModule(predict=folder, num_workers=0)  # no annotated split: categories unknown
     bare.load_state_dict(state)
     assert bare.category_ids == [3, 7, 12] and bare.class_names == ["car", "person", "ship"]

@@ -70,6 +70,9 @@ def test_onnx_outputs_are_the_raw_outputs_in_the_documented_order(run):
     ]
     assert [i.name for i in graph.input] == ["images01"]
     dims = graph.input[0].type.tensor_type.shape.dim
+    # The model needs multiples of 16 (strides 4-16); the data module it was trained with padded to 32 and stored
+    # that in the checkpoint, so the export (no --config given) pads as training did.
+    assert run["task"].detector.size_divisor == 16
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "32*h_blocks", "32*w_blocks"]
 
 
@@ -164,15 +167,21 @@ def test_onnx_predict_writes_the_detections_of_cli_predict(run):
 
 
 def test_export_sizes_must_be_multiples_of_the_divisor(run, tmp_path):
-    with pytest.raises(ValueError, match="--height 96 --width 64"):
-        export.export_onnx(run["task"].detector, tmp_path / "x.onnx", height=70, width=64)
+    detector = run["task"].detector
+    assert detector.size_divisor == 16  # the quickstart's strides 4-16
+    with pytest.raises(ValueError, match="--height 80 --width 64"):
+        export.export_onnx(detector, tmp_path / "x.onnx", height=70, width=64)
+    with pytest.raises(ValueError, match="--height 96 --width 64"):  # a data module that padded to 32
+        export.export_onnx(detector, tmp_path / "x.onnx", height=70, width=64, size_divisor=32)
     assert not (tmp_path / "x.onnx").exists()
 
 
 def test_verification_rejects_an_export_that_specialised_a_size(run):
     detector = run["task"].detector
     meta = export.export_metadata(detector, dynamic=True, input_size=(64, 96))
-    assert export.check_inputs(meta) == [(1, 64, 96), (2, 96, 64)]  # the export size, then another size, batch 2
+    first, other = export.check_inputs(meta)  # the export size, then another size, batch 2
+    assert first == (1, 64, 96) and other[0] == 2 and other[1:] != (64, 96)
+    assert all(side % detector.size_divisor == 0 for side in other[1:])
 
     def correct_only_at_export_size(images01):
         outputs = _raw(detector, images01)

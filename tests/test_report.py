@@ -196,9 +196,9 @@ def test_quickstart_config_on_a_tiny_synthetic_dataset(tmp_path):
             "--data.synthetic.dense_fraction=0.0",
         ]
     )
-    # quickstart: resnet18 out_strides [4, 8, 16, 32] into an FPN P2-P4; PostProcessor's default cap
+    # quickstart: resnet18 out_strides [4, 8, 16] into an FPN P2-P4; PostProcessor's default cap
     assert result["strides"] == [4, 8, 16]
-    assert result["strides_from"] == "model.backbone out_strides [4, 8, 16, 32], FPN levels P2-P4"
+    assert result["strides_from"] == "model.backbone out_strides [4, 8, 16], FPN levels P2-P4"
     assert (result["max_per_image"], result["max_per_image_from"]) == (1500, "PostProcessor default")
     assert list(result["splits"]) == ["train", "val"]  # num_test=0: no test split
     for name, n_images in (("train", 4), ("val", 2)):

@@ -88,13 +88,21 @@ def load_task(ckpt_path: str):
     return task.eval()
 
 
-def _checkpoint_categories(ckpt_path: str) -> tuple[list[int], list[str]] | None:
-    """Categories a data module stored in the checkpoint (its ``state_dict``), if it did."""
+def _checkpoint_data_state(ckpt_path: str) -> dict:
+    """What the data module stored in the checkpoint (its ``state_dict``: categories, size divisor), or ``{}``."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     for value in checkpoint.values():
-        if isinstance(value, dict) and "category_ids" in value and "class_names" in value:
-            return [int(i) for i in value["category_ids"]], [str(n) for n in value["class_names"]]
-    return None
+        if isinstance(value, dict) and ("category_ids" in value or "size_divisor" in value):
+            return value
+    return {}
+
+
+def _checkpoint_categories(ckpt_path: str) -> tuple[list[int], list[str]] | None:
+    """Categories a data module stored in the checkpoint, if it did."""
+    state = _checkpoint_data_state(ckpt_path)
+    if "category_ids" not in state:
+        return None
+    return [int(i) for i in state["category_ids"]], [str(n) for n in state["class_names"]]
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -483,6 +491,8 @@ def _export_main(args: argparse.Namespace) -> None:
         categories = read_categories(args.categories)
     if categories is None:
         categories = _checkpoint_categories(args.ckpt)
+    if size_divisor is None:  # pad as training's data module did (it may pad to more than the model needs)
+        size_divisor = _checkpoint_data_state(args.ckpt).get("size_divisor")
     if categories is None:
         log.warning(
             "no categories given (--categories COCO_JSON or --config TRAIN_CONFIG): category ids 1..%d are stored",

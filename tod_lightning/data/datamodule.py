@@ -151,15 +151,17 @@ class DetectionDataModule(lightning.LightningDataModule):
     # ----------------------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict:
         """Saved in checkpoints: the label -> category mapping, so that predicting on a bare image folder or
-        exporting a model still writes the dataset's own category ids and names."""
-        if self._categories is None:
-            return {}
-        return {"category_ids": self.category_ids, "class_names": self.class_names}
+        exporting a model still writes the dataset's own category ids and names, and the padding divisor, so
+        that an export pads images as this data module did."""
+        state = {"size_divisor": self.size_divisor}
+        if self._categories is not None:
+            state.update(category_ids=self.category_ids, class_names=self.class_names)
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Adopt a checkpoint's categories when no annotated split is configured; refuse different ones (the
         head's labels would silently map to the wrong category ids)."""
-        if not state_dict:
+        if "category_ids" not in state_dict:
             return
         saved = (list(state_dict["category_ids"]), list(state_dict["class_names"]))
         if self._categories is None:

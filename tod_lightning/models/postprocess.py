@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from tod_lightning.ops.boxes import PointBoxCoder
+from tod_lightning.ops.nms import class_aware_nms
 from tod_lightning.ops.points import level_points
 from tod_lightning.structures import Detections, DetectorOutput
 
@@ -19,7 +19,8 @@ def flatten_levels(maps: list[Tensor]) -> Tensor:
 class PostProcessor:
     """Turns a :class:`DetectorOutput` into one :class:`Detections` per image.
 
-    Score = ``sqrt(sigmoid(cls) * sigmoid(quality))``. NMS is torchvision's ``batched_nms``, run once for
+    Score = ``sqrt(sigmoid(cls) * sigmoid(quality))``. NMS is torchvision's ``batched_nms`` (or the same NMS on a
+    sparse overlap graph for large groups on CPU, :func:`~tod_lightning.ops.nms.class_aware_nms`), run once for
     the whole batch with image and class folded into the group index.
 
     Args:
@@ -44,7 +45,7 @@ class PostProcessor:
         """``image_sizes``: ``(B, 2)`` unpadded ``(height, width)``; boxes are clipped to them."""
         boxes_xyxy, scores, labels, image_idx = self.candidates(output, image_sizes)
         num_classes = output.cls_logits[0].shape[1]
-        kept = batched_nms(boxes_xyxy, scores, image_idx * num_classes + labels, self.nms_iou)  # sorted by score
+        kept = class_aware_nms(boxes_xyxy, scores, image_idx * num_classes + labels, self.nms_iou)  # by score
         # Stable sort by image keeps each image's detections in descending score order.
         order = torch.sort(image_idx[kept], stable=True).indices
         kept = kept[order]

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import batched_nms, box_area
+from torchvision.ops import box_area
 
+from tod_lightning.ops.nms import class_aware_nms
 from tod_lightning.ops.tiles import tile_windows
 from tod_lightning.structures import Detections, DetectorOutput
 
@@ -47,7 +48,7 @@ class SlicedInference:
        unmerged set; as the covering box must be strictly larger, the relation has no cycles and the
        largest box of a chain always survives. It does not look at the scores (a confident partial box
        never beats the full one).
-    2. Duplicate rule. Greedy class-aware NMS (``torchvision.ops.batched_nms``, highest score first) at
+    2. Duplicate rule. Greedy class-aware NMS (``torchvision.ops.batched_nms`` semantics, highest score first) at
        ``merge_iou`` over the surviving detections that reach into another tile (that intersect, with
        positive area, a second tile of the image): the near-identical full boxes of an object inside the
        overlap of two (or four) tiles collapse to the highest-scoring one. Only such detections can have a
@@ -304,5 +305,5 @@ def merge_tile_detections(
     # Step 2, duplicate rule: class-aware NMS over the survivors that reach into another tile.
     group = image_of_tile[tile_idx] * num_classes + labels  # (N,) same image and class
     candidates = (shared & ~removed).nonzero().squeeze(1)
-    kept = candidates[batched_nms(boxes_xyxy[candidates], scores[candidates], group[candidates], merge_iou)]
+    kept = candidates[class_aware_nms(boxes_xyxy[candidates], scores[candidates], group[candidates], merge_iou)]
     return torch.cat([(~shared & ~removed).nonzero().squeeze(1), kept])

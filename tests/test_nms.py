@@ -1,0 +1,90 @@
+"""The sparse NMS keeps exactly what torchvision's NMS keeps, and finds every pair that can suppress."""
+
+import pytest
+import torch
+from torchvision.ops import batched_nms, box_iou, nms
+
+from tod_lightning.ops.nms import _candidate_pairs, sparse_batched_nms
+
+
+def _scene(n: int, size: float, seed: int, big: int = 0, integer: bool = False, tied: bool = False):
+    """``n`` boxes as duplicates (5 jittered copies) of tiny objects, a few big ones, in 8 groups."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(n // 5, 2, generator=g) * size
+    wh = 2 + 14 * torch.rand(n // 5, 2, generator=g)
+    wh[:big] = 40 + 80 * torch.rand(big, 2, generator=g)
+    jitter = torch.randn(n // 5, 5, 4, generator=g) * (0.3 + seed % 3 * 0.5)
+    boxes = (torch.cat([centers - wh / 2, centers + wh / 2], 1)[:, None] + jitter).reshape(-1, 4).clamp(min=0)
+    if integer:
+        boxes = boxes.round()
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 0.5)
+    scores = torch.rand(len(boxes), generator=g)
+    if tied:
+        scores = (scores * 20).round() / 20
+    groups = torch.randint(0, 8, (len(boxes),), generator=g)
+    return boxes, scores, groups
+
+
+def _reference(boxes, scores, groups, threshold):
+    """torchvision's NMS group by group (the kernel batched_nms runs for large inputs)."""
+    keep = []
+    for k in torch.unique(groups):
+        idx = (groups == k).nonzero().squeeze(1)
+        keep.append(idx[nms(boxes[idx], scores[idx], threshold)])
+    return torch.cat(keep)
+
+
+@pytest.mark.parametrize(
+    "n,size,threshold,big,integer,tied",
+    [
+        (1500, 256, 0.6, 0, False, False),
+        (3000, 512, 0.5, 5, False, False),
+        (9000, 800, 0.6, 20, False, False),
+        (3000, 300, 0.3, 0, True, False),  # integer coordinates: exact IoU ties with the threshold
+        (3000, 400, 0.7, 5, False, True),  # tied scores
+        (2000, 200, 0.1, 3, False, False),  # a low threshold: partners up to 4 size buckets apart
+    ],
+)
+def test_same_boxes_kept_as_torchvision(n, size, threshold, big, integer, tied):
+    boxes, scores, groups = _scene(n, size, seed=n + int(10 * threshold), big=big, integer=integer, tied=tied)
+    ref = _reference(boxes, scores, groups, threshold)
+    out = sparse_batched_nms(boxes, scores, groups, threshold)
+    assert set(out.tolist()) == set(ref.tolist())
+    assert len(out) == len(ref) < len(boxes)  # duplicates were removed
+    assert (scores[out][1:] <= scores[out][:-1]).all()  # decreasing score, as torchvision returns them
+
+
+def test_every_suppressing_pair_is_a_candidate_pair_once():
+    boxes, _, groups = _scene(2000, 300, seed=3, big=10)
+    first, second = _candidate_pairs(boxes, groups, 0.5)
+    pairs = set(zip(first.tolist(), second.tolist()))
+    assert len(pairs) == len(first)  # no pair twice
+    assert not any((b, a) in pairs for a, b in pairs)  # nor in both orders
+    iou = box_iou(boxes, boxes)
+    same = groups[:, None] == groups[None, :]
+    a, b = ((iou > 0.5) & same).triu(diagonal=1).nonzero().T
+    assert len(a) > 100
+    assert all((i, j) in pairs or (j, i) in pairs for i, j in zip(a.tolist(), b.tolist()))
+
+
+def test_small_inputs_and_low_thresholds_use_torchvision():
+    boxes, scores, groups = _scene(500, 200, seed=1)
+    assert torch.equal(sparse_batched_nms(boxes, scores, groups, 0.6), batched_nms(boxes, scores, groups, 0.6))
+    boxes, scores, groups = _scene(1500, 200, seed=2)
+    assert torch.equal(sparse_batched_nms(boxes, scores, groups, 0.0), batched_nms(boxes, scores, groups, 0.0))
+    empty = torch.zeros(0, 4)
+    assert sparse_batched_nms(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.6).numel() == 0
+
+
+def test_dispatch_takes_the_sparse_path_only_for_large_groups(monkeypatch):
+    import tod_lightning.ops.nms as module
+
+    calls = []
+    monkeypatch.setattr(module, "sparse_batched_nms", lambda *a: calls.append(len(a[0])) or module.batched_nms(*a))
+    boxes, scores, groups = _scene(3000, 400, seed=5)
+    module.class_aware_nms(boxes, scores, groups, 0.6)  # 8 groups of ~375: torchvision's kernel
+    assert calls == []
+    module.class_aware_nms(boxes, scores, torch.zeros_like(groups), 0.6)  # one group of 3000: sparse
+    assert calls == [3000]
+    kept = module.class_aware_nms(boxes, scores, torch.zeros_like(groups), 0.6)
+    assert set(kept.tolist()) == set(sparse_batched_nms(boxes, scores, torch.zeros_like(groups), 0.6).tolist())
