@@ -81,10 +81,10 @@ def test_dispatch_takes_the_sparse_path_only_for_large_groups(monkeypatch):
 
     calls = []
     monkeypatch.setattr(module, "sparse_batched_nms", lambda *a: calls.append(len(a[0])) or module.batched_nms(*a))
-    boxes, scores, groups = _scene(3000, 400, seed=5)
-    module.class_aware_nms(boxes, scores, groups, 0.6)  # 8 groups of ~375: torchvision's kernel
+    boxes, scores, groups = _scene(5000, 600, seed=5)
+    module.class_aware_nms(boxes, scores, groups, 0.6)  # 8 groups of ~625: torchvision's kernel
     assert calls == []
-    module.class_aware_nms(boxes, scores, torch.zeros_like(groups), 0.6)  # one group of 3000: sparse
-    assert calls == [3000]
+    module.class_aware_nms(boxes, scores, torch.zeros_like(groups), 0.6)  # one group of 5000: sparse
+    assert calls == [5000]
     kept = module.class_aware_nms(boxes, scores, torch.zeros_like(groups), 0.6)
     assert set(kept.tolist()) == set(sparse_batched_nms(boxes, scores, torch.zeros_like(groups), 0.6).tolist())
