@@ -65,9 +65,9 @@ def test_quickstart_trains_validates_reloads_and_predicts(tmp_path, monkeypatch)
         assert torch.equal(u, v)
     assert reloaded.detector.necks[0].out_channels[0] == 64  # rebuilt from the saved config, not defaults
 
-    # the checkpoint keeps the dataset's categories (predict on a bare folder and export read them back)
+    # the checkpoint keeps the dataset's categories and padding divisor (predict on a bare folder and export read them)
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)["DetectionDataModule"]
-    assert saved == {"category_ids": [1, 2, 3, 4], "class_names": cli.datamodule.class_names}
+    assert saved == {"category_ids": [1, 2, 3, 4], "class_names": cli.datamodule.class_names, "size_divisor": 32}
 
     # validate from the checkpoint logs the same rows once
     val = cli_main(["validate", *args, f"--ckpt_path={ckpt}"])
