@@ -13,12 +13,13 @@ def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thre
     """``torchvision.ops.batched_nms``, or the same greedy NMS on a sparse overlap graph where that is faster.
 
     torchvision's CPU kernel compares each kept box with every later box of its group, so its time grows with the
-    square of the group sizes: 40000 candidates in 4 groups (a large scene, a sliced-inference merge) take 494 ms,
-    where the sparse path takes 51 ms. torchvision's kernel skips boxes already suppressed, so with many exact
-    duplicates it stays fast up to a few thousand boxes per group, where the sparse path's fixed costs are not yet
-    repaid (measured on post-processing outputs: 2000 per group, sparse no faster). The sparse path is therefore
-    used on CPU only when the groups average 4000 boxes or more; torchvision's kernel otherwise and always on GPU. Both give the same kept set
-    (``tests/test_nms.py``); the order of equal scores may differ, as it may between torchvision's own paths.
+    square of the group sizes: 40000 candidates in 4 groups (a large scene, a sliced-inference merge) take ~400 ms,
+    where the sparse path takes ~40 ms (``benchmarks/nms.py``). torchvision's kernel skips boxes already suppressed,
+    so with many exact duplicates it stays fast up to a few thousand boxes per group, where the sparse path's fixed
+    costs are not yet repaid (measured on post-processing outputs: 2000 per group, sparse no faster). The sparse
+    path is therefore used on CPU only when the groups average 4000 boxes or more; torchvision's kernel otherwise
+    and always on GPU. Both give the same kept set (``tests/test_nms.py``); the order of equal scores may differ,
+    as it may between torchvision's own paths.
     """
     if boxes_xyxy.device.type != "cpu" or iou_threshold < 0.05 or boxes_xyxy.shape[0] == 0:
         return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
