@@ -54,11 +54,12 @@ def first_in_order(values: Tensor, k: int, descending: bool = False, nonnegative
 
 @dataclass
 class AssignResult:
-    """Assignment of every point of one image.
+    """Assignment of every point of one image (``(P,)``, from ``__call__``) or of a batch (``(B, P)``, from
+    ``assign_batch``).
 
     Attributes:
-        gt_index: ``(P,)`` int64: index of the matched ground truth, ``-1`` negative, ``-2`` ignored.
-        similarity: ``(P,)`` similarity of each positive to its ground truth (0 elsewhere).
+        gt_index: int64: index of the matched ground truth in its image, ``-1`` negative, ``-2`` ignored.
+        similarity: similarity of each positive to its ground truth (0 elsewhere).
     """
 
     gt_index: Tensor
