@@ -1,6 +1,9 @@
 """Test-wide settings: W&B offline and silent, no network, deterministic small CPU runs."""
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,3 +24,18 @@ def _seed_and_isolate(tmp_path, monkeypatch):
 
     if wandb.run is not None:
         wandb.finish()
+
+
+@pytest.fixture
+def load_benchmark():
+    """``load_benchmark(name)``: the module ``benchmarks/<name>.py`` (the scripts are not a package)."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,14 +1,14 @@
 """The components benchmark's smoke mode produces its table (no timing asserts)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import components  # noqa: E402
+import pytest
 
 
-def test_components_smoke_prints_table(capsys):
+@pytest.fixture
+def components(load_benchmark):
+    return load_benchmark("components")
+
+
+def test_components_smoke_prints_table(capsys, components):
     table = components.main(["--smoke"])
     assert table == capsys.readouterr().out.strip()  # header first, then each row as measured
     rows = [line for line in table.splitlines() if line.startswith("| 64x64")]
@@ -22,7 +22,7 @@ def test_components_smoke_prints_table(capsys):
     assert 5 < candidates[0] <= 5 * 5 and 20 < candidates[1] <= 5 * 20  # planted points may coincide
 
 
-def test_assign_batch_matches_criterion():
+def test_assign_batch_matches_criterion(components):
     import torch
 
     from tod_lightning.losses.criterion import DetectionCriterion

@@ -1,23 +1,10 @@
 """Smoke run of benchmarks/evaluation.py: the table is printed and AITODMetric equals pycocotools to 1e-6."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-pytest.importorskip("pycocotools")
 
-
-def load(name):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_rows_agree(capsys):
-    bench = load("evaluation")
+def test_smoke_rows_agree(capsys, load_benchmark):
+    bench = load_benchmark("evaluation")
     result = bench.main(["--smoke"])
     out = capsys.readouterr().out
     assert "| AITODMetric (update + compute) |" in out and "max abs difference" in out

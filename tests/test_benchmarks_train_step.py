@@ -1,25 +1,12 @@
 """Smoke run of benchmarks/train_step.py: the table is produced (no timing asserts)."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_train_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_table(capsys):
-    bench = _load()
+def test_smoke_table(capsys, load_benchmark):
+    bench = load_benchmark("train_step")
     assert bench.main(["--smoke", "--case", "dense"]) == 0
     out = capsys.readouterr().out
     assert "| case | model | ours ms | FCOS ms | ratio median | ratio p10-p90 |" in out
@@ -31,12 +18,12 @@ def test_smoke_table(capsys):
         assert math.isfinite(loss)
 
 
-def test_matched_architecture():
+def test_matched_architecture(load_benchmark):
     """Both sides: same ResNet with trainable BatchNorm2d, five levels of 256 channels, 4-conv GN towers."""
     from torch import nn
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    bench = _load()
+    bench = load_benchmark("train_step")
     images01, targets = bench.make_batch(1, 128, 3, 4, 32, seed=0)
     ours = bench.build_ours("resnet18", 3, images01, targets).model
     fcos = bench.build_fcos("resnet18", 128, images01, targets).model

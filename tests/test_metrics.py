@@ -7,12 +7,10 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 import torch
+from pycocotools.coco import COCO  # a declared dependency: a missing one must fail, not skip
+from pycocotools.cocoeval import COCOeval
 
 from tod_lightning.metrics import DEFAULT_AREA_RANGES, AITODMetric
-
-pycocotools = pytest.importorskip("pycocotools")
-from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 ROW_KEYS = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR", "AR_vt", "AR_t", "AR_s", "AR_m"]
 

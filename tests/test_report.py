@@ -251,7 +251,6 @@ def _write_images(images_dir: Path, sizes: dict[str, tuple[int, int]]) -> None:
 
 
 def test_visdrone_split(tmp_path):
-    pytest.importorskip("tod_lightning.data.visdrone")
     # VisDrone txt: x, y, w, h, score, category, truncation, occlusion; category 0 = ignored region.
     images_dir, labels_dir = tmp_path / "images", tmp_path / "annotations"
     _write_images(images_dir, {"0001.jpg": (40, 60), "0002.jpg": (40, 60)})
@@ -272,7 +271,6 @@ def test_visdrone_split(tmp_path):
 
 
 def test_yolo_split(tmp_path):
-    pytest.importorskip("tod_lightning.data.yolo")
     # YOLO txt: class cx cy w h, normalised to the image size (here 100 x 50).
     root = tmp_path / "yolo"
     _write_images(root / "images", {"a.png": (50, 100), "b.png": (50, 100)})

@@ -156,8 +156,9 @@ class ATSSAssigner:
         best_sim = torch.zeros(slots + 1, device=device)
         if num_gt > 0:
             all_gt_xyxy = torch.cat([g.reshape(-1, 4) for g in gt_boxes_xyxy]).float()  # (G, 4) all images
+            # output_size known on the host: no device sync for repeat_interleave's result size.
             image_of = torch.repeat_interleave(
-                torch.arange(num_images, device=device), torch.tensor(counts, device=device)
+                torch.arange(num_images, device=device), torch.tensor(counts, device=device), output_size=num_gt
             )  # (G,)
             first = torch.tensor([sum(counts[:b]) for b in range(num_images)], device=device)  # (B,)
             gt_centers = (all_gt_xyxy[:, :2] + all_gt_xyxy[:, 2:]) / 2
@@ -276,6 +277,7 @@ class ATSSAssigner:
         image_of = torch.repeat_interleave(
             torch.arange(len(regions), device=points_xy.device),
             torch.tensor([len(r) for r in regions], device=points_xy.device),
+            output_size=len(all_regions),
         )  # (M,)
         hit = boxes_in_regions(priors_xyxy, all_regions, self.ignore_overlap) | points_in_boxes(
             points_xy, all_regions

@@ -1,6 +1,6 @@
 """Pure tensor math (torch only): points per level, box coding, similarities, tile windows (numpy)."""
 
-from tod_lightning.ops.boxes import PointBoxCoder, box_area, boxes_in_regions, boxes_inside, points_in_boxes
+from tod_lightning.ops.boxes import PointBoxCoder, box_area, boxes_in_regions, points_in_boxes
 from tod_lightning.ops.nms import class_aware_nms, sparse_batched_nms
 from tod_lightning.ops.points import level_points
 from tod_lightning.ops.tiles import tile_starts, tile_windows
@@ -9,7 +9,6 @@ __all__ = [
     "PointBoxCoder",
     "box_area",
     "boxes_in_regions",
-    "boxes_inside",
     "class_aware_nms",
     "level_points",
     "points_in_boxes",

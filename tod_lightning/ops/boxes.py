@@ -21,23 +21,16 @@ def points_in_boxes(points_xy: Tensor, boxes_xyxy: Tensor) -> Tensor:
 
 
 def boxes_in_regions(boxes_xyxy: Tensor, regions_xyxy: Tensor, min_overlap: float = 0.5) -> Tensor:
-    """``(N, 4)``, ``(M, 4)`` -> ``(N, M)`` bool: at least ``min_overlap`` of the box area lies in the region."""
+    """``(N, 4)``, ``(M, 4)`` -> ``(N, M)`` bool: at least ``min_overlap`` of the box area lies in the region.
+
+    This is the rule for ignore regions (VisDrone/COCO crowd style): a prior mostly inside an ignore region is
+    neither a positive nor a negative.
+    """
     lt = torch.maximum(boxes_xyxy[:, None, :2], regions_xyxy[None, :, :2])  # (N, M, 2)
     rb = torch.minimum(boxes_xyxy[:, None, 2:], regions_xyxy[None, :, 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)  # (N, M)
     area = box_area(boxes_xyxy).clamp(min=1e-6)[:, None]
     return inter / area >= min_overlap
-
-
-def boxes_inside(boxes_xyxy: Tensor, regions_xyxy: Tensor, min_overlap: float = 0.5) -> Tensor:
-    """``(N, 4)``, ``(M, 4)`` -> ``(N,)`` bool: at least ``min_overlap`` of the box area lies in one region.
-
-    This is the rule for ignore regions (VisDrone/COCO crowd style): a prediction mostly inside an
-    ignore region is neither a positive nor a negative.
-    """
-    if regions_xyxy.numel() == 0 or boxes_xyxy.numel() == 0:
-        return torch.zeros(boxes_xyxy.shape[0], dtype=torch.bool, device=boxes_xyxy.device)
-    return boxes_in_regions(boxes_xyxy, regions_xyxy, min_overlap).any(dim=1)
 
 
 class PointBoxCoder:
