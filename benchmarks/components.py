@@ -15,9 +15,12 @@ in float32 on CPU unless ``--device``):
 - ``postprocess``: :class:`~tod_lightning.models.postprocess.PostProcessor` on head outputs where every box
   is planted (exact box, high score) on its nearest stride-4 point and, with lower scores, on the 4 neighbours,
   over a low-score random background: the detections before and after NMS grow with the boxes;
-- ``pp candidates``: its decode, score threshold and top-k (``PostProcessor.candidates``), everything but NMS;
-- ``pp nms``: torchvision's ``batched_nms`` alone on those candidates (its CPU kernel compares every kept box
-  with every later box of its (image, class) group, so it grows with the square of the candidates).
+- ``pp candidates``: its score threshold, top-k and decode (``PostProcessor.candidates``), everything but NMS;
+- ``pp nms``: the NMS post-processing runs on those candidates (:func:`~tod_lightning.ops.nms.class_aware_nms`:
+  torchvision's kernel for small groups, the sparse-graph NMS for large ones on CPU);
+- ``pp nms torchvision``: torchvision's ``batched_nms`` alone on the same candidates, the peer (its CPU kernel
+  compares every kept box with every later box of its (image, class) group, so it grows with the square of the
+  candidates).
 
 Printed: one row per (geometry, component, boxes) with the median, the spread (min-max) and the ratio of the
 median at the largest box count to the one at the smallest. The box counts are run interleaved (one run of each
@@ -36,6 +39,7 @@ import torchvision
 from tod_lightning.benchmarking import cpu_model
 from tod_lightning.losses.criterion import DetectionCriterion
 from tod_lightning.models.postprocess import PostProcessor
+from tod_lightning.ops.nms import class_aware_nms
 from tod_lightning.ops.points import level_points
 from tod_lightning.structures import DetectorOutput, Target
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--components",
         nargs="+",
-        default=["assign", "loss fwd", "loss fwd+bwd", "postprocess", "pp candidates", "pp nms"],
+        default=["assign", "loss fwd", "loss fwd+bwd", "postprocess", "pp candidates", "pp nms", "pp nms torchvision"],
     )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -142,9 +146,9 @@ def main(argv: list[str] | None = None) -> str:
         image_sizes = torch.tensor([[size, size]] * batch, device=device)
         num_classes = NUM_CLASSES
 
-        def nms_of(candidates):
+        def nms_of(candidates, nms):
             boxes_xyxy, scores, labels, image_idx = candidates
-            return torchvision.ops.batched_nms(boxes_xyxy, scores, image_idx * num_classes + labels, post.nms_iou)
+            return nms(boxes_xyxy, scores, image_idx * num_classes + labels, post.nms_iou)
 
         cases = {}
         for n in args.boxes:
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> str:
             "loss fwd+bwd": lambda c: fwd_bwd(c[0], c[1]),
             "postprocess": lambda c: post(c[2], image_sizes),
             "pp candidates": lambda c: post.candidates(c[2], image_sizes),
-            "pp nms": lambda c: nms_of(c[3]),
+            "pp nms": lambda c: nms_of(c[3], class_aware_nms),
+            "pp nms torchvision": lambda c: nms_of(c[3], torchvision.ops.batched_nms),
         }
         extra = {n: sum(d.scores.numel() for d in post(cases[n][2], image_sizes)) for n in args.boxes}
         for name in args.components:
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> str:
             for n in args.boxes:
                 ratio = med[n] / med[args.boxes[0]]
                 note = f"{extra[n] / batch:.0f} dets/img" if name == "postprocess" else ""
-                if name == "pp nms":
+                if name.startswith("pp nms"):
                     note = f"{len(cases[n][3][1]) / batch:.0f} candidates/img"
                 rows.append(
                     f"| {size}x{size} b{batch} | {name} | {n} | {1e3 * med[n]:.2f} | "

@@ -13,12 +13,21 @@ def test_components_smoke_prints_table(capsys, components):
     assert table == capsys.readouterr().out.strip()  # header first, then each row as measured
     rows = [line for line in table.splitlines() if line.startswith("| 64x64")]
     names = {row.split("|")[2].strip() for row in rows}
-    assert names == {"assign", "loss fwd", "loss fwd+bwd", "postprocess", "pp candidates", "pp nms"}
-    assert len(rows) == 6 * 2  # two box counts per component
+    assert names == {
+        "assign",
+        "loss fwd",
+        "loss fwd+bwd",
+        "postprocess",
+        "pp candidates",
+        "pp nms",
+        "pp nms torchvision",
+    }
+    assert len(rows) == 7 * 2  # two box counts per component
     # Post-processing finds every planted box (one detection per box after NMS) among its 5 planted candidates.
     dets = [row.split("|")[7].strip() for row in rows if "postprocess" in row]
     assert dets == ["5 dets/img", "20 dets/img"]
     candidates = [int(row.split("|")[7].split()[0]) for row in rows if "pp nms" in row]
+    assert candidates[:2] == candidates[2:]  # ours and torchvision's NMS on the same candidates
     assert 5 < candidates[0] <= 5 * 5 and 20 < candidates[1] <= 5 * 20  # planted points may coincide
 
 

@@ -116,6 +116,48 @@ def test_postprocess_clips_to_unpadded_size_and_separates_images():
     assert dets[1].boxes_xyxy[0].tolist() == pytest.approx([50, 50, 60, 56], abs=1e-3)
 
 
+def _dense_candidates(pp: PostProcessor, out: DetectorOutput, image_sizes: torch.Tensor):
+    """Reference: score every (point, class) of the flattened maps, threshold, keep each image's pre_nms_topk best."""
+    flat = lambda maps: torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)  # noqa: E731  (B, P, C)
+    scores = (flat(out.cls_logits).sigmoid() * flat(out.quality_logits).sigmoid()).sqrt()  # (B, P, K)
+    deltas = flat(out.box_deltas)
+    points_xy, point_strides = level_points([m.shape[-2:] for m in out.cls_logits], out.strides, "cpu")
+    rows = []
+    for b in range(scores.shape[0]):
+        s = scores[b].reshape(-1)  # (P * K,) in (point, class) order
+        idx = (s > pp.score_thresh).nonzero().squeeze(1)
+        if len(idx) > pp.pre_nms_topk:  # the best, ties by position; then back to (point, class) order
+            idx = idx[torch.sort(s[idx], descending=True, stable=True).indices[: pp.pre_nms_topk]].sort().values
+        p, k = idx // scores.shape[2], idx % scores.shape[2]
+        box = pp.coder.decode(deltas[b, p], points_xy[p], point_strides[p])
+        h, w = image_sizes[b].tolist()
+        box = torch.minimum(box.clamp(min=0), torch.tensor([w, h, w, h], dtype=box.dtype))
+        ok = (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
+        rows.append((box[ok], s[idx][ok], k[ok], torch.full((int(ok.sum()),), b)))
+    return tuple(torch.cat(parts) for parts in zip(*rows))
+
+
+@pytest.mark.parametrize("thresh,topk", [(0.05, 10000), (0.3, 10000), (0.05, 37), (0.0, 10000), (1.0, 10000)])
+def test_candidates_equal_scoring_every_entry(thresh, topk):
+    """The logit pre-selection drops nothing that passes, and the top-k path keeps each image's best."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 12), (8, 6), (4, 3)]  # odd, non-square levels
+    maps = lambda c, shift, scale: [scale * torch.randn(3, c, h, w, generator=g) + shift for h, w in shapes]  # noqa: E731
+    out = DetectorOutput(maps(4, -3.0, 2.0), maps(4, 0.0, 0.5), maps(1, 0.0, 2.0), [4, 8, 16], (64, 48))
+    sizes = torch.tensor([[64, 48], [50, 40], [64, 30]])
+    pp = PostProcessor(score_thresh=thresh, pre_nms_topk=topk)
+    got, want = pp.candidates(out, sizes), _dense_candidates(pp, out, sizes)
+    assert len(want[1]) > 0 or thresh == 1.0
+    if topk == 37:  # the top-k path ran: some image had more candidates than that
+        assert (
+            torch.bincount(want[3]).max()
+            <= 37
+            < torch.bincount(_dense_candidates(PostProcessor(), out, sizes)[3]).max()
+        )
+    rows = lambda c: sorted(zip(c[3].tolist(), c[2].tolist(), c[1].tolist(), map(tuple, c[0].tolist())))  # noqa: E731
+    assert rows(got) == rows(want)  # the same candidates, bit for bit
+
+
 def test_postprocess_keeps_more_than_1500_candidates_before_nms():
     pp = PostProcessor()
     assert pp.max_per_image >= 1500 and pp.pre_nms_topk >= 5 * pp.max_per_image

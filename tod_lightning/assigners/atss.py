@@ -12,6 +12,7 @@ from torch import Tensor
 
 from tod_lightning.assigners.similarity import BoxSimilarity, IoUSimilarity
 from tod_lightning.ops.boxes import boxes_in_regions, points_in_boxes
+from tod_lightning.ops.ordering import first_in_order
 
 NEGATIVE = -1
 IGNORE = -2
@@ -26,30 +27,6 @@ def mean_plus_std(cand_sim: Tensor) -> Tensor:
     if cand_sim.shape[1] < 2:
         return mean
     return mean + ((cand_sim - mean[:, None]) ** 2).sum(1).div(cand_sim.shape[1] - 1).sqrt()
-
-
-def first_in_order(values: Tensor, k: int, descending: bool = False, nonnegative: bool = False) -> Tensor:
-    """``(N, n)`` -> ``(N, k)`` positions of the first ``k`` values of each row in (value, position) order.
-
-    The same as ``values.sort(dim=1, stable=True, descending=descending).indices[:, :k]``, 1.5-2x faster on CPU
-    for short rows: a float32 maps to an integer of the same order (IEEE bit pattern, negatives flipped), and
-    ``value * n + position`` makes every key unique, so an unstable ``topk``/``sort`` gives the stable order.
-    ``nonnegative=True`` skips the sign handling for values known to be >= 0 (squared distances).
-    """
-    n = values.shape[1]
-    if values.dtype != torch.float32 or values.numel() == 0:
-        return values.sort(dim=1, stable=True, descending=descending).indices[:, :k]
-    if nonnegative:  # the caller guarantees values >= 0 and no -0.0: the bit pattern is already monotone
-        ordinal = values.contiguous().view(torch.int32).long()
-    else:
-        bits = (values + 0.0).contiguous().view(torch.int32)  # + 0.0 makes -0.0 equal to 0.0
-        ordinal = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # monotone in the float value
-    if descending:
-        ordinal = -ordinal
-    keys = ordinal * n + torch.arange(n, device=values.device)  # (N, n) unique
-    if k < n:
-        return keys.topk(k, dim=1, largest=False, sorted=True).indices
-    return keys.sort(dim=1).indices
 
 
 @dataclass

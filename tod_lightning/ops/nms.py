@@ -8,23 +8,25 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from tod_lightning.ops.ordering import argsort_unstable, stable_descending_order
+
 
 def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """``torchvision.ops.batched_nms``, or the same greedy NMS on a sparse overlap graph where that is faster.
 
     torchvision's CPU kernel compares each kept box with every later box of its group, so its time grows with the
-    square of the group sizes: 40000 candidates in 4 groups (a large scene, a sliced-inference merge) take ~400 ms,
-    where the sparse path takes ~40 ms (``benchmarks/nms.py``). torchvision's kernel skips boxes already suppressed,
-    so with many exact duplicates it stays fast up to a few thousand boxes per group, where the sparse path's fixed
-    costs are not yet repaid (measured on post-processing outputs: 2000 per group, sparse no faster). The sparse
-    path is therefore used on CPU only when the groups average 4000 boxes or more; torchvision's kernel otherwise
-    and always on GPU. Both give the same kept set (``tests/test_nms.py``); the order of equal scores may differ,
-    as it may between torchvision's own paths.
+    square of the group sizes, about 1 ns x sum of n_g^2 on the 2-core machine of ``benchmarks/nms.py`` (0.6 ns with
+    the exact duplicates of post-processing outputs, whose suppressed boxes it skips). The sparse path costs about
+    2 ms + 0.4 us x N there. It is taken on CPU when ``sum(n_g^2) > 2e6 + 400 N``: e.g. post-processing of 2 images
+    with 2000 tiny objects each (15k candidates, ~2000 per (image, class) group: 19 -> 6-9 ms), a sliced-inference
+    merge, one class of 2000 boxes; torchvision's kernel below that (groups of a few hundred) and always on GPU.
+    Both give the same kept set (``tests/test_nms.py``); the order of equal scores may differ, as it may between
+    torchvision's own paths.
     """
     if boxes_xyxy.device.type != "cpu" or iou_threshold < 0.05 or boxes_xyxy.shape[0] == 0:
         return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
-    sizes = torch.unique(groups, return_counts=True)[1].double()
-    if float((sizes * sizes).sum()) < 4000.0 * boxes_xyxy.shape[0]:  # sum of n_g^2 (torchvision) vs ~N (sparse)
+    sizes = torch.bincount(groups - groups.min()).double()  # (K,) boxes per group (ids are compact: image, class)
+    if float((sizes * sizes).sum()) <= 2e6 + 400.0 * boxes_xyxy.shape[0]:  # estimated cost: torchvision <= sparse
         return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
     return sparse_batched_nms(boxes_xyxy, scores, groups, iou_threshold)
 
@@ -37,12 +39,14 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
 
     1. Pairs. IoU > t implies the widths (and heights) are within a factor 1/t of each other, so boxes are bucketed
        by ``ceil(log2(longest side))`` and a box is paired only with boxes of buckets up to ``ceil(log2(1/t))``
-       below its own, found in the 3x3 cells of a grid of its bucket's cell size around it. Each pair is scored
-       once with the CPU kernel's arithmetic, ``inter / (area_i + area_j - inter)``.
+       below its own. IoU > t also puts the centres less than (1 - t) x the larger side apart, so partners are
+       found in the 3x3 cells around the box in a grid of cells (1 - t) x its bucket's size (a dense table of
+       cells, no search). Each pair is scored once with the CPU kernel's arithmetic,
+       ``inter / (area_i + area_j - inter)``.
     2. Greedy rounds on the graph of pairs with IoU > t, oriented from the higher-ranked box (score, then index,
        as torchvision's stable sort): a box whose higher-ranked neighbours are all decided is kept if none of them
-       was kept, suppressed otherwise. Every round decides at least the best undecided box; in practice a handful
-       of rounds (the longest chain of duplicates).
+       was kept, suppressed otherwise (one ``scatter_reduce`` per round). Every round decides at least the best
+       undecided box; in practice a handful of rounds (the longest chain of duplicates).
 
     Returns the kept indices in decreasing score order, like torchvision. Falls back to torchvision for
     ``iou_threshold`` below 0.05 (no useful size bound) and for fewer than 1000 boxes.
@@ -57,28 +61,23 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
     if num < 1000 or iou_threshold < 0.05:
         return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
     device = boxes_xyxy.device
-    order = torch.sort(scores, descending=True, stable=True).indices  # (N,) torchvision's processing order
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(num, device=device)
+    order = stable_descending_order(scores)  # (N,) torchvision's processing order: by score, ties by index
+    rank = torch.empty_like(order).index_copy_(0, order, torch.arange(num, device=device))  # (N,) inverse
     first, second = _candidate_pairs(boxes_xyxy, groups, iou_threshold)  # (E,), (E,) each pair once
     iou = _pair_iou(boxes_xyxy, first, second)
-    hit = iou.double() > iou_threshold  # the kernel compares the float IoU with a double threshold
-    first, second = first[hit], second[hit]
+    hit = (iou.double() > iou_threshold).nonzero().squeeze(1)  # the kernel compares the float IoU with a double
+    first, second = first.index_select(0, hit), second.index_select(0, hit)
     # Edge from the higher-ranked box (it is processed first) to the lower-ranked one.
-    swap = rank[first] > rank[second]
+    swap = rank.index_select(0, first) > rank.index_select(0, second)
     src, dst = torch.where(swap, second, first), torch.where(swap, first, second)  # (E',)
 
-    undecided, kept, suppressed = 0, 1, 2
-    state = torch.zeros(num, dtype=torch.uint8, device=device)
+    # States ordered so that the strongest incoming state decides: a kept higher-ranked neighbour suppresses,
+    # else an undecided one makes the box wait, else (suppressed neighbours or none) the box is kept.
+    undecided, kept = 1, 2  # and suppressed = 0
+    state = torch.full((num,), undecided, dtype=torch.uint8, device=device)
     while True:
-        src_state = state[src]
-        blocked = torch.zeros(num, dtype=torch.bool, device=device)  # a higher-ranked neighbour is undecided
-        blocked[dst[src_state == undecided]] = True
-        beaten = torch.zeros(num, dtype=torch.bool, device=device)  # a higher-ranked neighbour was kept
-        beaten[dst[src_state == kept]] = True
-        open_ = state == undecided
-        state = torch.where(open_ & beaten, suppressed, state)
-        state = torch.where(open_ & ~beaten & ~blocked, kept, state)
+        strongest = torch.zeros_like(state).scatter_reduce_(0, dst, state.index_select(0, src), "amax")
+        state = torch.where(state == undecided, kept - strongest, state)  # kept -> suppressed, undecided -> wait
         if not bool((state == undecided).any()):
             break
     return order[state[order] == kept]
@@ -93,46 +92,61 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
     bucket += (torch.pow(2.0, bucket.to(side.dtype)) < side).long()  # guard against log2 rounding down
     span = math.ceil(math.log2(1.0 / iou_threshold))  # partners lie at most `span` buckets below
     centers = (boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]) / 2
-    offsets = torch.tensor([[dx, dy] for dx in (-1, 0, 1) for dy in (-1, 0, 1)], device=device)  # (9, 2)
+    group_of = groups - groups.min()  # (N,) 0..K-1: group ids are image * classes + label, already compact
+    num_groups = int(group_of.max()) + 1
+    if num_groups > len(groups):  # sparse ids: renumber, so that the cell table stays about as small as the boxes
+        group_of = torch.unique(groups, return_inverse=True)[1]
+        num_groups = int(group_of.max()) + 1
+    # IoU > t needs an overlap of more than t * max(w_a, w_b) on x, so the centres are less than
+    # (w_a + w_b) / 2 - t * max(w_a, w_b) <= (1 - t) * max(w_a, w_b) apart (and the same on y). Partners are no
+    # larger than the source's bucket 2^level, so with cells of at least (1 - t) * 2^level (1 % margin for
+    # rounding) a partner's cell is one of the 3x3 around the source's.
+    fraction = min(1.0, 1.01 * (1.0 - iou_threshold))
     firsts, seconds = [], []
-    for level in torch.unique(bucket).tolist():  # a handful of size buckets, not boxes
+    smallest = int(bucket.min())
+    levels = (torch.bincount(bucket - smallest).nonzero().squeeze(1) + smallest).tolist()  # the buckets present
+    for level in levels:  # a handful of size buckets, not boxes
         sources = (bucket == level).nonzero().squeeze(1)  # (S,) boxes whose own bucket is this cell size
-        partners = ((bucket <= level) & (bucket >= level - span)).nonzero().squeeze(1)  # (M,)
-        cell = 2.0**level
-        # Two boxes that overlap have centres less than (side_a + side_b) / 2 <= cell apart on each axis, so
-        # the partner's cell is one of the 3x3 around the source's.
-        keys, by_key = torch.sort(_cell_key(groups[partners], torch.floor(centers[partners] / cell).long()))
-        partners = partners[by_key]  # grouped by cell
-        cell_keys, cell_count = torch.unique_consecutive(keys, return_counts=True)  # (U,) occupied cells
+        partners = ((bucket <= level) & (bucket >= level - span)).nonzero().squeeze(1)  # (M,) includes sources
+        cell = fraction * 2.0**level
+        while True:  # a sparse level gets coarser cells, so that the table stays about as small as its boxes
+            cell_xy = torch.floor(centers.index_select(0, partners) / cell).long()  # (M, 2)
+            low = cell_xy.min(0).values
+            # One empty cell of margin on each side, so that every source's 3x3 neighbours are in the table.
+            grid_x, grid_y = (cell_xy.max(0).values - low + 3).tolist()
+            if num_groups * grid_x * grid_y <= 4 * len(partners) + 65536:
+                break
+            cell *= 2.0
+        # Dense table over (group, cell x, cell y): partners sorted by cell, and each cell's first slot and count.
+        xy = cell_xy - low + 1
+        partner_cell = (group_of.index_select(0, partners) * grid_x + xy[:, 0]) * grid_y + xy[:, 1]  # (M,)
+        by_cell = argsort_unstable(partner_cell)  # the order within a cell does not matter
+        partner_cell, partners = partner_cell.index_select(0, by_cell), partners.index_select(0, by_cell)
+        cell_count = torch.bincount(partner_cell, minlength=num_groups * grid_x * grid_y)
         cell_start = torch.cumsum(cell_count, 0) - cell_count
-        source_cells = torch.floor(centers[sources] / cell).long()  # (S, 2)
-        wanted = _cell_key(
-            groups[sources].repeat_interleave(9), (source_cells[:, None, :] + offsets).reshape(-1, 2)
-        )  # (S * 9,) the 9 neighbour cells of every source
-        at = torch.searchsorted(cell_keys, wanted).clamp(max=len(cell_keys) - 1)
-        found = cell_keys[at] == wanted
-        count = torch.where(found, cell_count[at], 0)  # partners in each neighbour cell
-        src = torch.repeat_interleave(sources.repeat_interleave(9), count)
-        start = torch.repeat_interleave(cell_start[at] - (torch.cumsum(count, 0) - count), count)  # slot - pair
-        dst = partners[start + torch.arange(src.shape[0], device=device)]
+        xy = torch.floor(centers.index_select(0, sources) / cell).long() - low + 1  # (S, 2)
+        source_cell = (group_of.index_select(0, sources) * grid_x + xy[:, 0]) * grid_y + xy[:, 1]  # (S,)
+        around = torch.tensor([dx * grid_y + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1)], device=device)
+        wanted = (source_cell[:, None] + around).reshape(-1)  # (S * 9,) the 9 cells around every source
+        count = cell_count.index_select(0, wanted)
+        # One block of pairs per (source, cell): the block of every pair, then its partner's slot in the table.
+        block = torch.repeat_interleave(torch.arange(len(wanted), device=device), count)  # (E,)
+        block_first = torch.cumsum(count, 0) - count  # (S * 9,) the first pair of each block
+        slot = (cell_start.index_select(0, wanted) - block_first).index_select(0, block)
+        slot += torch.arange(len(block), device=device)
+        src = sources.index_select(0, torch.div(block, 9, rounding_mode="floor"))  # (E,)
+        dst = partners.index_select(0, slot)  # (E,)
         # Each unordered pair once: a pair of the same bucket is found from both ends, keep index order;
         # a pair across buckets is found only from the larger box's bucket.
-        once = (bucket[dst] < level) | (src < dst)
-        firsts.append(src[once])
-        seconds.append(dst[once])
+        once = ((bucket.index_select(0, dst) < level) | (src < dst)).nonzero().squeeze(1)
+        firsts.append(src.index_select(0, once))
+        seconds.append(dst.index_select(0, once))
     return torch.cat(firsts), torch.cat(seconds)
-
-
-def _cell_key(groups: Tensor, cells: Tensor) -> Tensor:
-    """One int64 per (group, cell x, cell y); cells may be -1 (neighbours of the first row and column)."""
-    # Cells are offset by 2 and packed in 21 bits each: up to 2 million cells per axis (e.g. 2-px cells on a
-    # 4-million-px-wide mosaic), groups in the remaining 21 bits.
-    return (groups << 42) | ((cells[:, 0] + 2) << 21) | (cells[:, 1] + 2)
 
 
 def _pair_iou(boxes_xyxy: Tensor, first: Tensor, second: Tensor) -> Tensor:
     """IoU of box pairs with torchvision's CPU NMS arithmetic (``inter / (area_a + area_b - inter)``)."""
-    a, b = boxes_xyxy[first], boxes_xyxy[second]  # (E, 4)
+    a, b = boxes_xyxy.index_select(0, first), boxes_xyxy.index_select(0, second)  # (E, 4)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)

@@ -1,0 +1,48 @@
+"""Stable orderings from fast unstable sorts: floats mapped to order-preserving integers made unique by position."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def float_ordinal(values: Tensor) -> Tensor:
+    """int64 of the same order as the float32 ``values`` (IEEE bit pattern, negatives flipped; -0.0 == 0.0)."""
+    bits = (values.float() + 0.0).contiguous().view(torch.int32)  # + 0.0 makes -0.0 equal to 0.0
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+
+
+def argsort_unstable(keys: Tensor) -> Tensor:
+    """Argsort of distinct 1-d int64 keys: numpy's introsort on CPU (4-5x faster than ``torch.sort`` for 10^4
+    keys on the 2-core machine of ``benchmarks/``), ``torch.sort`` elsewhere. Equal keys come in any order."""
+    if keys.device.type == "cpu":
+        return torch.from_numpy(np.argsort(keys.numpy()))
+    return torch.sort(keys).indices
+
+
+def stable_descending_order(values: Tensor) -> Tensor:
+    """``(N,)`` -> ``(N,)`` the order of ``values.sort(descending=True, stable=True)``: by value, ties by position."""
+    n = values.shape[0]
+    keys = (2**31 - float_ordinal(values)) * n + torch.arange(n, device=values.device)  # unique, ascending = wanted
+    return argsort_unstable(keys)
+
+
+def first_in_order(values: Tensor, k: int, descending: bool = False, nonnegative: bool = False) -> Tensor:
+    """``(N, n)`` -> ``(N, k)`` positions of the first ``k`` values of each row in (value, position) order.
+
+    The same as ``values.sort(dim=1, stable=True, descending=descending).indices[:, :k]``, 1.5-2x faster on CPU
+    for short rows: ``value * n + position`` makes every key unique (see :func:`float_ordinal`), so an unstable
+    ``topk``/``sort`` gives the stable order. ``nonnegative=True`` skips the sign handling for values known to be
+    >= 0 without -0.0 (squared distances): their bit pattern is already monotone.
+    """
+    n = values.shape[1]
+    if values.dtype != torch.float32 or values.numel() == 0:
+        return values.sort(dim=1, stable=True, descending=descending).indices[:, :k]
+    ordinal = values.contiguous().view(torch.int32).long() if nonnegative else float_ordinal(values)
+    if descending:
+        ordinal = -ordinal
+    keys = ordinal * n + torch.arange(n, device=values.device)  # (N, n) unique
+    if k < n:
+        return keys.topk(k, dim=1, largest=False, sorted=True).indices
+    return keys.sort(dim=1).indices
