@@ -105,6 +105,22 @@ def test_nwd_reference_values():
     assert IoUSimilarity()(b, far).item() == 0
 
 
+@pytest.mark.parametrize("similarity", [IoUSimilarity(), NWDSimilarity()])
+def test_paired_similarity_is_the_dense_one_bit_for_bit(similarity):
+    """``paired`` (the windowed assigner's) gives exactly the matching entries of ``__call__`` (the dense one's),
+    with broadcasting over candidates and component-major layouts."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.cat([xy := torch.rand(1200, 2, generator=g) * 50, xy + 1 + 20 * torch.rand(1200, 2, generator=g)], 1)
+    b = torch.cat([xy := torch.rand(40, 2, generator=g) * 50, xy + 1 + 20 * torch.rand(40, 2, generator=g)], 1)
+    b[:10] = a[:10].round()  # some identical and integer boxes
+    dense = similarity(a, b)  # (1200, 40)
+    pairs = a.view(40, 30, 4)  # row g pairs b[g] with a[30 g : 30 g + 30]
+    component_major = pairs.permute(2, 0, 1).contiguous().permute(1, 2, 0)  # (40, 30, 4), coordinates contiguous
+    want = torch.stack([dense[30 * i : 30 * i + 30, i] for i in range(40)])  # (40, 30)
+    for layout in (pairs, component_major):
+        assert torch.equal(similarity.paired(layout, b[:, None, :]), want)
+
+
 def _reference_assign(assigner, points_xy, point_strides, counts, gt):
     """The per-round algorithm the assigner had before it was vectorised: dense (P, G) similarity and distances,
     a Python round per candidate rank with ``nonzero`` and ``unique``; with the tie-breaks now defined (nearest

@@ -162,7 +162,7 @@ class ATSSAssigner:
             pos_sim = torch.where(is_pos, cand_sim, -1.0).reshape(-1)
             max_sim = torch.full((slots + 1,), -1.0, device=device).scatter_reduce(0, flat_slot, pos_sim, "amax")
             box_of = torch.arange(num_gt, device=device)[:, None].expand_as(cand_idx)  # (G, C)
-            best = is_pos.reshape(-1) & (pos_sim == max_sim[flat_slot])
+            best = is_pos.reshape(-1) & (pos_sim == max_sim.index_select(0, flat_slot))
             argmax = torch.full((slots + 1,), num_gt, device=device).scatter_reduce(
                 0, flat_slot, torch.where(best, box_of.reshape(-1), num_gt), "amin"
             )
@@ -192,7 +192,12 @@ class ATSSAssigner:
         px = points_xy[:, 0].index_select(0, flat).view(num_gt, num_cand)
         py = points_xy[:, 1].index_select(0, flat).view(num_gt, num_cand)
         half = self.anchor_scale * cand_strides / 2  # (C,) priors()' arithmetic, so the values are identical
-        cand_priors = torch.stack([px - half, py - half, px + half, py + half]).permute(1, 2, 0)  # (G, C, 4)
+        cand_priors = px.new_empty(4, num_gt, num_cand)  # written in place: no stacked copy
+        torch.sub(px, half, out=cand_priors[0])
+        torch.sub(py, half, out=cand_priors[1])
+        torch.add(px, half, out=cand_priors[2])
+        torch.add(py, half, out=cand_priors[3])
+        cand_priors = cand_priors.permute(1, 2, 0)  # (G, C, 4)
         box = gt_xyxy[:, None, :]  # (G, 1, 4) broadcast over candidates
         cand_sim = self.similarity.paired(cand_priors, box)  # (G, C)
         inside = (px > box[..., 0]) & (px < box[..., 2]) & (py > box[..., 1]) & (py < box[..., 3])  # points_in_boxes
@@ -229,19 +234,19 @@ class ATSSAssigner:
                 box_ids = (owned[:num_gt] == 0).nonzero().squeeze(1)  # (L,)
                 if box_ids.numel() == 0:
                     break
-                their_sim = cand_sim[box_ids]  # (L, C)
+                their_sim = cand_sim.index_select(0, box_ids)  # (L, C)
                 pick = first_in_order(their_sim, rank + 1, descending=True)[:, rank : rank + 1]  # (L, 1)
-                points = cand_slot[box_ids].gather(1, pick).squeeze(1)  # (L,) each one's rank-th candidate
+                points = cand_slot.index_select(0, box_ids).gather(1, pick).squeeze(1)  # (L,) their rank-th candidate
                 sims = their_sim.gather(1, pick).squeeze(1)
-                want = ~forced[points]
+                want = ~forced.index_select(0, points)
             else:
                 box_ids = torch.arange(num_gt, device=device)
                 points, sims = ranked[:, rank], ranked_sim[:, rank]  # (G,)
-                want = (owned[:num_gt] == 0) & ~forced[points]
+                want = (owned[:num_gt] == 0) & ~forced.index_select(0, points)
             claimant = no_box.scatter_reduce(0, points, torch.where(want, box_ids, num_gt), "amin")
-            takes = want & (claimant[points] == box_ids)
+            takes = want & (claimant.index_select(0, points) == box_ids)
             target = torch.where(takes, points, slots)  # the dummy slot for the others
-            previous = gt_index[target]  # the box that loses the point, if any (garbage at the dummy)
+            previous = gt_index.index_select(0, target)  # the box that loses the point, if any (garbage at the dummy)
             owned.index_add_(0, torch.where(takes & (previous >= 0), previous, num_gt), -takes.long())
             owned.index_add_(0, torch.where(takes, box_ids, num_gt), takes.long())
             gt_index.scatter_(0, target, box_ids)
@@ -291,17 +296,19 @@ class ATSSAssigner:
                 # window tied, the lower indices the dense order prefers must be inside it.
                 lo = torch.ceil(gt_centers / stride - 1.0).long() - half  # (G, 2) first window cell (x, y)
                 offs = torch.arange(side, device=points_xy.device)
-                cols = lo[:, 0].clamp(0, w - side)[:, None] + offs  # (G, side) window columns
-                rows = lo[:, 1].clamp(0, h - side)[:, None] + offs  # (G, side) window rows
+                col0, row0 = lo[:, 0].clamp(0, w - side), lo[:, 1].clamp(0, h - side)  # (G,) window corner
                 # Window point coordinates with level_points' arithmetic, so distances are bit-identical to
                 # gathering the points; the squared distance is separable: dy^2 (rows) + dx^2 (columns).
-                dx2 = (((cols.float() + 0.5) * stride) - gt_centers[:, 0:1]) ** 2  # (G, side)
-                dy2 = (((rows.float() + 0.5) * stride) - gt_centers[:, 1:2]) ** 2
+                dx2 = ((((col0[:, None] + offs).float() + 0.5) * stride) - gt_centers[:, 0:1]) ** 2  # (G, side)
+                dy2 = ((((row0[:, None] + offs).float() + 0.5) * stride) - gt_centers[:, 1:2]) ** 2
                 dist2 = (dx2[:, None, :] + dy2[:, :, None]).reshape(len(gt_centers), side * side)  # (G, n)
                 # Window entries are row-major (y outer, x inner), so their order is the point index order.
                 nearest = first_in_order(dist2, k, nonnegative=True)  # (G, k); ties by position = by point index
-                near_rows = rows.gather(1, torch.div(nearest, side, rounding_mode="floor"))  # (G, k)
-                candidates.append(near_rows * w + cols.gather(1, nearest % side) + start)  # (G, k) point indices
+                # Window entry -> point index offset from the window's first point (row * w + column).
+                entry_offset = (offs[:, None] * w + offs).reshape(-1)  # (n,)
+                corner = row0 * w + col0 + start  # (G,) point index of the window's first point
+                offset = entry_offset.index_select(0, nearest.reshape(-1)).view_as(nearest)
+                candidates.append(offset + corner[:, None])  # (G, k) point indices
             else:
                 dist2 = ((points_xy[start : start + size][None] - gt_centers[:, None]) ** 2).sum(-1)  # (G, n)
                 candidates.append(first_in_order(dist2, k, nonnegative=True) + start)  # (G, k) point indices

@@ -29,13 +29,15 @@ class IoUSimilarity(BoxSimilarity):
         return box_iou(priors_xyxy, gt_xyxy)
 
     def paired(self, priors_xyxy: Tensor, gt_xyxy: Tensor) -> Tensor:
-        # The arithmetic of torchvision's box_iou, element by element, so the values are bit-identical.
-        area1 = (priors_xyxy[..., 2] - priors_xyxy[..., 0]) * (priors_xyxy[..., 3] - priors_xyxy[..., 1])
-        area2 = (gt_xyxy[..., 2] - gt_xyxy[..., 0]) * (gt_xyxy[..., 3] - gt_xyxy[..., 1])
-        lt = torch.max(priors_xyxy[..., :2], gt_xyxy[..., :2])
-        rb = torch.min(priors_xyxy[..., 2:], gt_xyxy[..., 2:])
-        wh = (rb - lt).clamp(min=0)
-        inter = wh[..., 0] * wh[..., 1]
+        # The arithmetic of torchvision's box_iou, element by element, so the values are bit-identical; on the
+        # coordinates one by one (each a plain, often contiguous, (...) tensor: vectorised loops on CPU).
+        x1, y1, x2, y2 = priors_xyxy.unbind(-1)
+        gx1, gy1, gx2, gy2 = gt_xyxy.unbind(-1)
+        area1 = (x2 - x1) * (y2 - y1)
+        area2 = (gx2 - gx1) * (gy2 - gy1)
+        w = (torch.minimum(x2, gx2) - torch.maximum(x1, gx1)).clamp_(min=0)
+        h = (torch.minimum(y2, gy2) - torch.maximum(y1, gy1)).clamp_(min=0)
+        inter = w * h
         return inter / (area1 + area2 - inter)
 
 
@@ -63,10 +65,12 @@ class NWDSimilarity(BoxSimilarity):
         return torch.exp(-torch.sqrt(w2) / self.constant)
 
     def paired(self, priors_xyxy: Tensor, gt_xyxy: Tensor) -> Tensor:
-        # The arithmetic of __call__ element by element, so the values are bit-identical.
-        c1 = (priors_xyxy[..., :2] + priors_xyxy[..., 2:]) / 2
-        c2 = (gt_xyxy[..., :2] + gt_xyxy[..., 2:]) / 2
-        wh1 = priors_xyxy[..., 2:] - priors_xyxy[..., :2] + self.eps
-        wh2 = gt_xyxy[..., 2:] - gt_xyxy[..., :2] + self.eps
-        w2 = ((c1 - c2) ** 2).sum(-1) + self.eps + ((wh1 - wh2) ** 2).sum(-1) / 4
+        # The arithmetic of __call__ element by element (a sum over 2 is a + b), so the values are bit-identical;
+        # on the coordinates one by one (plain tensors: vectorised loops on CPU).
+        x1, y1, x2, y2 = priors_xyxy.unbind(-1)
+        gx1, gy1, gx2, gy2 = gt_xyxy.unbind(-1)
+        dcx, dcy = (x1 + x2) / 2 - (gx1 + gx2) / 2, (y1 + y2) / 2 - (gy1 + gy2) / 2
+        dw = (x2 - x1 + self.eps) - (gx2 - gx1 + self.eps)
+        dh = (y2 - y1 + self.eps) - (gy2 - gy1 + self.eps)
+        w2 = (dcx**2 + dcy**2) + self.eps + (dw**2 + dh**2) / 4
         return torch.exp(-torch.sqrt(w2) / self.constant)
