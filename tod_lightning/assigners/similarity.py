@@ -33,12 +33,12 @@ class IoUSimilarity(BoxSimilarity):
         # coordinates one by one (each a plain, often contiguous, (...) tensor: vectorised loops on CPU).
         x1, y1, x2, y2 = priors_xyxy.unbind(-1)
         gx1, gy1, gx2, gy2 = gt_xyxy.unbind(-1)
-        area1 = (x2 - x1) * (y2 - y1)
+        # In place where a result is fresh: each new (G, C) temporary costs page faults on CPU.
         area2 = (gx2 - gx1) * (gy2 - gy1)
-        w = (torch.minimum(x2, gx2) - torch.maximum(x1, gx1)).clamp_(min=0)
-        h = (torch.minimum(y2, gy2) - torch.maximum(y1, gy1)).clamp_(min=0)
-        inter = w * h
-        return inter / (area1 + area2 - inter)
+        union = (x2 - x1).mul_(y2 - y1).add_(area2)  # area1 + area2
+        inter = torch.minimum(x2, gx2).sub_(torch.maximum(x1, gx1)).clamp_(min=0)  # w
+        inter.mul_(torch.minimum(y2, gy2).sub_(torch.maximum(y1, gy1)).clamp_(min=0))  # w * h
+        return inter.div_(union.sub_(inter))
 
 
 class NWDSimilarity(BoxSimilarity):

@@ -23,12 +23,17 @@ def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thre
     Both give the same kept set (``tests/test_nms.py``); the order of equal scores may differ, as it may between
     torchvision's own paths.
     """
-    if boxes_xyxy.device.type != "cpu" or iou_threshold < 0.05 or boxes_xyxy.shape[0] == 0:
-        return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+    if sparse_is_faster(boxes_xyxy, groups, iou_threshold):
+        return sparse_batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+    return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+
+
+def sparse_is_faster(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> bool:
+    """The dispatch of :func:`class_aware_nms`: on CPU, ``sum(n_g^2) > 2e6 + 400 N`` (estimated costs)."""
+    if boxes_xyxy.device.type != "cpu" or iou_threshold < 0.05 or boxes_xyxy.shape[0] < 1000:
+        return False
     sizes = torch.bincount(groups - groups.min()).double()  # (K,) boxes per group (ids are compact: image, class)
-    if float((sizes * sizes).sum()) <= 2e6 + 400.0 * boxes_xyxy.shape[0]:  # estimated cost: torchvision <= sparse
-        return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
-    return sparse_batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+    return float((sizes * sizes).sum()) > 2e6 + 400.0 * boxes_xyxy.shape[0]
 
 
 def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:

@@ -41,8 +41,8 @@ def first_in_order(values: Tensor, k: int, descending: bool = False, nonnegative
         return values.sort(dim=1, stable=True, descending=descending).indices[:, :k]
     ordinal = values.contiguous().view(torch.int32).long() if nonnegative else float_ordinal(values)
     if descending:
-        ordinal = -ordinal
-    keys = ordinal * n + torch.arange(n, device=values.device)  # (N, n) unique
+        ordinal.neg_()
+    keys = ordinal.mul_(n).add_(torch.arange(n, device=values.device))  # (N, n) unique; in place, ordinal is fresh
     if k < n:
         return keys.topk(k, dim=1, largest=False, sorted=True).indices
     return keys.sort(dim=1).indices
