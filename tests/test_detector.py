@@ -1,5 +1,6 @@
 """Head, detector and post-processing contracts."""
 
+import math
 from functools import partial
 
 import pytest
@@ -119,8 +120,8 @@ def test_postprocess_clips_to_unpadded_size_and_separates_images():
 def _dense_candidates(pp: PostProcessor, out: DetectorOutput, image_sizes: torch.Tensor):
     """Reference: score every (point, class) of the flattened maps, threshold, keep each image's pre_nms_topk best."""
     flat = lambda maps: torch.cat([m.flatten(2) for m in maps], 2).transpose(1, 2)  # noqa: E731  (B, P, C)
-    scores = (flat(out.cls_logits).sigmoid() * flat(out.quality_logits).sigmoid()).sqrt()  # (B, P, K)
-    deltas = flat(out.box_deltas)
+    scores = (flat(out.cls_logits).float().sigmoid() * flat(out.quality_logits).float().sigmoid()).sqrt()  # (B, P, K)
+    deltas = flat(out.box_deltas).float()
     points_xy, point_strides = level_points([m.shape[-2:] for m in out.cls_logits], out.strides, "cpu")
     rows = []
     for b in range(scores.shape[0]):
@@ -137,13 +138,32 @@ def _dense_candidates(pp: PostProcessor, out: DetectorOutput, image_sizes: torch
     return tuple(torch.cat(parts) for parts in zip(*rows))
 
 
-@pytest.mark.parametrize("thresh,topk", [(0.05, 10000), (0.3, 10000), (0.05, 37), (0.0, 10000), (1.0, 10000)])
-def test_candidates_equal_scoring_every_entry(thresh, topk):
+@pytest.mark.parametrize(
+    "thresh,topk,dtype",
+    [
+        (0.05, 10000, torch.float32),
+        (0.3, 10000, torch.float32),
+        (0.05, 37, torch.float32),
+        (0.0, 10000, torch.float32),
+        (1.0, 10000, torch.float32),
+        (0.05, 10000, torch.bfloat16),  # AMP outputs: the cut is compared in bf16
+        (0.0513, 10000, torch.float16),
+    ],
+)
+def test_candidates_equal_scoring_every_entry(thresh, topk, dtype):
     """The logit pre-selection drops nothing that passes, and the top-k path keeps each image's best."""
     g = torch.Generator().manual_seed(0)
     shapes = [(16, 12), (8, 6), (4, 3)]  # odd, non-square levels
     maps = lambda c, shift, scale: [scale * torch.randn(3, c, h, w, generator=g) + shift for h, w in shapes]  # noqa: E731
     out = DetectorOutput(maps(4, -3.0, 2.0), maps(4, 0.0, 0.5), maps(1, 0.0, 2.0), [4, 8, 16], (64, 48))
+    if dtype != torch.float32:  # logits packed near the cut, where rounding the cut to the dtype would bite
+        out = DetectorOutput(
+            [(m / 8 - 5.96).to(dtype) for m in out.cls_logits],
+            [m.to(dtype) for m in out.box_deltas],
+            [(m.abs() + 4).to(dtype) for m in out.quality_logits],  # quality ~ 1: the score ~ sqrt(cls prob)
+            out.strides,
+            out.image_size,
+        )
     sizes = torch.tensor([[64, 48], [50, 40], [64, 30]])
     pp = PostProcessor(score_thresh=thresh, pre_nms_topk=topk)
     got, want = pp.candidates(out, sizes), _dense_candidates(pp, out, sizes)
@@ -154,8 +174,26 @@ def test_candidates_equal_scoring_every_entry(thresh, topk):
             <= 37
             < torch.bincount(_dense_candidates(PostProcessor(), out, sizes)[3]).max()
         )
-    rows = lambda c: sorted(zip(c[3].tolist(), c[2].tolist(), c[1].tolist(), map(tuple, c[0].tolist())))  # noqa: E731
-    assert rows(got) == rows(want)  # the same candidates, bit for bit
+    # The same candidates: boxes, labels and images bit for bit; scores to 1 ulp (torch's CPU sigmoid rounds the
+    # tail of a vectorised loop differently, so a value can differ with its position in the tensor).
+    rows = lambda c: sorted(zip(c[3].tolist(), c[2].tolist(), map(tuple, c[0].tolist()), c[1].tolist()))  # noqa: E731
+    got_rows, want_rows = rows(got), rows(want)
+    assert [r[:3] for r in got_rows] == [r[:3] for r in want_rows]
+    assert torch.allclose(
+        torch.tensor([r[3] for r in got_rows]), torch.tensor([r[3] for r in want_rows]), rtol=2e-7, atol=0
+    )
+
+
+def test_candidates_keep_a_bf16_logit_just_above_the_cut():
+    """The pre-selection compares in the map's dtype: a cut rounded up to bf16 would drop a logit that passes."""
+    logit = -5.96875  # a bf16 value; the threshold's exact cut lies 0.003 below it, within bf16's rounding of it
+    thresh = math.sqrt(torch.sigmoid(torch.tensor(logit - 0.003, dtype=torch.float64)).item())
+    cls = torch.full((1, 2, 4, 4), -20.0, dtype=torch.bfloat16)
+    cls[0, 1, 2, 3] = logit
+    quality = torch.full((1, 1, 4, 4), 30.0, dtype=torch.bfloat16)  # sigmoid 1.0: the score is sqrt(sigmoid(cls))
+    out = DetectorOutput([cls], [torch.zeros(1, 4, 4, 4, dtype=torch.bfloat16)], [quality], [4], (16, 16))
+    boxes, scores, labels, images = PostProcessor(score_thresh=thresh).candidates(out, torch.tensor([[16, 16]]))
+    assert labels.tolist() == [1] and scores.item() > thresh
 
 
 def test_postprocess_keeps_more_than_1500_candidates_before_nms():

@@ -71,10 +71,12 @@ class PostProcessor:
         points_xy, point_strides = level_points(sizes, output.strides, output.cls_logits[0].device)
         # score = sqrt(sigmoid(cls) * sigmoid(quality)) <= sqrt(sigmoid(cls)), so a (point, class) whose class
         # logit is at most logit(thresh^2) cannot pass. Selecting on the raw logits first (one compare per entry,
-        # no transposed copies) leaves the sigmoids, products and gathers to the few entries that can pass; the
-        # 0.01 margin covers rounding, and the exact test on the score follows.
+        # no transposed copies) leaves the sigmoids, products and gathers to the few entries that can pass. The
+        # exact test on the score follows; the margin covers float rounding (0.01) and the rounding of the cut
+        # itself to a bf16/fp16 map's dtype, in which the compare runs (|cut| / 128, bf16's relative spacing).
         t2 = self.score_thresh**2
-        cut = math.log(t2 / (1.0 - t2)) - 0.01 if 0.0 < t2 < 1.0 else (-math.inf if t2 <= 0.0 else math.inf)
+        cut = math.log(t2 / (1.0 - t2)) if 0.0 < t2 < 1.0 else (-math.inf if t2 <= 0.0 else math.inf)
+        cut -= 0.01 + abs(cut) / 128 if math.isfinite(cut) else 0.0
         image_idx, point_idx, labels, cls_logit, quality_logit, deltas = [], [], [], [], [], []
         start = 0
         for cls_map, quality_map, box_map in zip(output.cls_logits, output.quality_logits, output.box_deltas):
