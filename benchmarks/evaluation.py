@@ -28,10 +28,10 @@ import statistics
 import time
 
 import numpy as np
-import torch
 
 from tod_lightning.benchmarking import describe_machine
 from tod_lightning.metrics import DEFAULT_AREA_RANGES, AITODMetric
+from tod_lightning.synthetic_detections import synthetic_detections
 
 ROW_KEYS = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR", "AR_vt", "AR_t", "AR_s", "AR_m"]
 MAX_DETS = (1, 100, 1500)
@@ -39,53 +39,9 @@ MAX_DETS = (1, 100, 1500)
 
 def make_case(n_images: int, dets_per_image: int, n_classes: int = 4, seed: int = 0):
     """Per-image (pred, target) dicts with exactly ``dets_per_image`` detections each (see module docstring)."""
-    rng = np.random.default_rng(seed)
-    preds, targets = [], []
-    for img in range(n_images):
-        n_gt = max(4, int(dets_per_image * 0.5))  # ~0.75 * dets true-positive copies, the rest false positives
-        side = np.concatenate(
-            [
-                rng.uniform(2, 8, n_gt // 3),  # vt (< 64 px²)
-                rng.uniform(8, 16, n_gt // 3),  # t
-                rng.uniform(16, 32, n_gt // 6),  # s
-                rng.uniform(32, 90, n_gt - n_gt // 3 * 2 - n_gt // 6),  # m
-            ]
-        )
-        wh = side[:, None] * rng.uniform(0.7, 1.3, (n_gt, 2))
-        xy = rng.uniform(0, 1500, (n_gt, 2))
-        gt = np.concatenate([xy, xy + wh], 1)
-        gt[0] = [100, 100, 108, 108]  # area exactly 64: counts in both vt and t
-        labels = rng.integers(0, n_classes, n_gt)
-        iscrowd = np.zeros(n_gt, dtype=bool)
-        iscrowd[rng.choice(n_gt, max(1, n_gt // 100), replace=False)] = True  # a few crowd regions
-        copies = rng.integers(1, 3, n_gt)
-        src = np.repeat(np.arange(n_gt), copies)[:dets_per_image]
-        size = (gt[src, 2:] - gt[src, :2]).repeat(2, 1)
-        tp = gt[src] + rng.normal(0, 0.12, (len(src), 4)) * size
-        tp_lab = np.where(rng.random(len(src)) < 0.9, labels[src], rng.integers(0, n_classes, len(src)))
-        n_fp = dets_per_image - len(src)
-        fxy = rng.uniform(0, 1550, (n_fp, 2))
-        fp = np.concatenate([fxy, fxy + rng.uniform(2, 60, (n_fp, 2))], 1)
-        fp_lab = rng.integers(0, n_classes + 1, n_fp)  # label n_classes: detection-only class, no row
-        boxes = np.concatenate([tp, fp])
-        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 0.5)
-        scores = np.concatenate([rng.uniform(0.3, 1.0, len(src)), rng.uniform(0.0, 0.8, n_fp)])
-        preds.append(
-            {
-                "boxes_xyxy": torch.tensor(boxes, dtype=torch.float32),
-                "scores": torch.tensor(scores, dtype=torch.float32),
-                "labels": torch.tensor(np.concatenate([tp_lab, fp_lab]), dtype=torch.int64),
-            }
-        )
-        targets.append(
-            {
-                "boxes_xyxy": torch.tensor(gt, dtype=torch.float32),
-                "labels": torch.tensor(labels),
-                "image_id": 1000 + img,
-                "iscrowd": torch.tensor(iscrowd),
-            }
-        )
-    return preds, targets
+    return synthetic_detections(
+        n_images, dets_per_image, n_classes=n_classes, seed=seed, scene=1500.0, crowd_fraction=1 / 100
+    )
 
 
 def ours(preds, targets, chunk: int = 8) -> dict[str, float]:

@@ -11,71 +11,14 @@ from pycocotools.coco import COCO  # a declared dependency: a missing one must f
 from pycocotools.cocoeval import COCOeval
 
 from tod_lightning.metrics import DEFAULT_AREA_RANGES, AITODMetric
+from tod_lightning.synthetic_detections import synthetic_detections
 
 ROW_KEYS = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR", "AR_vt", "AR_t", "AR_s", "AR_m"]
 
 
-# ----------------------------------------------------------------------------- synthetic data
 def make_case(seed=0, n_images=8, n_classes=4):
-    """Per-image (pred, target) dicts: GTs in every bin, noisy TPs, random FPs, crowd regions.
-
-    Label ``n_classes`` appears only in detections (must not create a category row).
-    """
-    rng = np.random.default_rng(seed)
-    preds, targets = [], []
-    for img in range(n_images):
-        n_gt = 220 if img % 3 == 0 else int(rng.integers(5, 60))  # some crowded images
-        side = np.concatenate(
-            [
-                rng.uniform(2, 8, n_gt // 3),
-                rng.uniform(8, 16, n_gt // 3),
-                rng.uniform(16, 32, n_gt // 6),
-                rng.uniform(32, 90, n_gt - n_gt // 3 * 2 - n_gt // 6),
-            ]
-        )
-        wh = side[:, None] * rng.uniform(0.7, 1.3, (n_gt, 2))
-        xy = rng.uniform(0, 700, (n_gt, 2))
-        gt = np.concatenate([xy, xy + wh], 1)
-        # crowded images are dominated by class 0 so one (image, class) pair has > 100 detections
-        labels = (
-            rng.integers(0, n_classes, n_gt)
-            if img % 3
-            else np.where(rng.random(n_gt) < 0.7, 0, rng.integers(0, n_classes, n_gt))
-        )
-        if img == 0:
-            gt[0] = [100, 100, 108, 108]  # area exactly 64: counts in both vt and t
-        iscrowd = np.zeros(n_gt, dtype=bool)
-        iscrowd[rng.choice(n_gt, max(1, n_gt // 40), replace=False)] = True
-        # detections: 1-2 jittered copies per GT + random false positives (some of an unknown class)
-        copies = rng.integers(1, 3, n_gt)
-        src = np.repeat(np.arange(n_gt), copies)
-        size = (gt[src, 2:] - gt[src, :2]).repeat(2, 1)
-        tp = gt[src] + rng.normal(0, 0.12, (len(src), 4)) * size
-        tp_lab = np.where(rng.random(len(src)) < 0.9, labels[src], rng.integers(0, n_classes, len(src)))
-        n_fp = 150
-        fxy = rng.uniform(0, 750, (n_fp, 2))
-        fp = np.concatenate([fxy, fxy + rng.uniform(2, 60, (n_fp, 2))], 1)
-        fp_lab = rng.integers(0, n_classes + 1, n_fp)
-        boxes = np.concatenate([tp, fp])
-        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 0.5)
-        scores = np.concatenate([rng.uniform(0.3, 1.0, len(src)), rng.uniform(0.0, 0.8, n_fp)])
-        preds.append(
-            {
-                "boxes_xyxy": torch.tensor(boxes, dtype=torch.float32),
-                "scores": torch.tensor(scores, dtype=torch.float32),
-                "labels": torch.tensor(np.concatenate([tp_lab, fp_lab]), dtype=torch.int64),
-            }
-        )
-        target = {
-            "boxes_xyxy": torch.tensor(gt, dtype=torch.float32),
-            "labels": torch.tensor(labels),
-            "image_id": 1000 + img,
-            "iscrowd": torch.tensor(iscrowd),
-        }
-        if img == 1:  # explicit areas (e.g. from a json) instead of box w*h: they decide the bins
-            target["areas"] = torch.tensor((gt[:, 2:] - gt[:, :2]).prod(1) * rng.uniform(0.5, 1.0, n_gt))
-        targets.append(target)
-    return preds, targets
+    """8 images: some crowded (one (image, class) pair has > 100 detections), explicit areas on one."""
+    return synthetic_detections(n_images, n_classes=n_classes, seed=seed, crowded_every=3, explicit_areas=True)
 
 
 def run_metric(preds, targets, chunk=3, **kwargs):
