@@ -88,3 +88,16 @@ def test_dispatch_takes_the_sparse_path_only_for_large_groups(monkeypatch):
     assert calls == [5000]
     kept = module.class_aware_nms(boxes, scores, torch.zeros_like(groups), 0.6)
     assert set(kept.tolist()) == set(sparse_batched_nms(boxes, scores, torch.zeros_like(groups), 0.6).tolist())
+
+
+def test_sparse_group_ids_and_a_huge_canvas():
+    """Group ids far apart (renumbered) and boxes scattered over a 10^6-px canvas (coarser cells for a sparse size
+    bucket, so the cell table stays small): the same kept set as torchvision."""
+    boxes, scores, groups = _scene(3000, 300, seed=11, big=5)
+    far = torch.zeros(len(boxes), 2)
+    far[::7] = torch.rand(len(boxes[::7]), 2, generator=torch.Generator().manual_seed(0)) * 1e6  # scattered
+    boxes = boxes + far.repeat(1, 2)
+    groups = groups * 1_000_003 + 17
+    ref = _reference(boxes, scores, groups, 0.6)
+    out = sparse_batched_nms(boxes, scores, groups, 0.6)
+    assert set(out.tolist()) == set(ref.tolist()) and len(out) < len(boxes)
