@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -46,8 +47,8 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
        by ``ceil(log2(longest side))`` and a box is paired only with boxes of buckets up to ``ceil(log2(1/t))``
        below its own. IoU > t also puts the centres less than (1 - t) x the larger side apart, so partners are
        found in the 3x3 cells around the box in a grid of cells (1 - t) x its bucket's size (a dense table of
-       cells, no search). Each pair is scored once with the CPU kernel's arithmetic,
-       ``inter / (area_i + area_j - inter)``.
+       cells, no search). A bucket with few boxes joins the next larger one (one pass of tensor ops fewer). Each
+       pair is scored once with the CPU kernel's arithmetic, ``inter / (area_i + area_j - inter)``.
     2. Greedy rounds on the graph of pairs with IoU > t, oriented from the higher-ranked box (score, then index,
        as torchvision's stable sort): a box whose higher-ranked neighbours are all decided is kept if none of them
        was kept, suppressed otherwise (one ``scatter_reduce`` per round). Every round decides at least the best
@@ -107,12 +108,28 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
     # larger than the source's bucket 2^level, so with cells of at least (1 - t) * 2^level (1 % margin for
     # rounding) a partner's cell is one of the 3x3 around the source's.
     fraction = min(1.0, 1.01 * (1.0 - iou_threshold))
-    firsts, seconds = [], []
+    # Boxes sorted by bucket, so that every level's sources and partners are slices, not searches.
     smallest = int(bucket.min())
-    levels = (torch.bincount(bucket - smallest).nonzero().squeeze(1) + smallest).tolist()  # the buckets present
-    for level in levels:  # a handful of size buckets, not boxes
-        sources = (bucket == level).nonzero().squeeze(1)  # (S,) boxes whose own bucket is this cell size
-        partners = ((bucket <= level) & (bucket >= level - span)).nonzero().squeeze(1)  # (M,) includes sources
+    by_bucket = argsort_unstable(bucket)
+    per_bucket = torch.bincount(bucket - smallest).tolist()  # boxes per bucket, from the smallest
+    end = list(itertools.accumulate(per_bucket))
+    # Levels of consecutive buckets, from the largest down: a bucket with under a quarter of the boxes of the
+    # level above joins it (its boxes then search cells sized for the larger bucket: a few more pairs to score,
+    # one pass of ~30 tensor ops fewer).
+    levels: list[list[int]] = []
+    for b in reversed(range(len(per_bucket))):
+        if per_bucket[b] == 0:
+            continue
+        if levels and 4 * per_bucket[b] < end[levels[-1][1]] - end[levels[-1][0]] + per_bucket[levels[-1][0]]:
+            levels[-1][0] = b
+        else:
+            levels.append([b, b])
+    firsts, seconds = [], []
+    for low_bucket, level_bucket in levels:  # a handful of size buckets, not boxes
+        level = smallest + level_bucket
+        sources = by_bucket[end[low_bucket] - per_bucket[low_bucket] : end[level_bucket]]  # (S,) this level's boxes
+        first_partner = max(low_bucket - span, 0)
+        partners = by_bucket[end[first_partner] - per_bucket[first_partner] : end[level_bucket]]  # (M,) incl. sources
         cell = fraction * 2.0**level
         while True:  # a sparse level gets coarser cells, so that the table stays about as small as its boxes
             cell_xy = torch.floor(centers.index_select(0, partners) / cell).long()  # (M, 2)
@@ -141,9 +158,9 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
         slot += torch.arange(len(block), device=device)
         src = sources.index_select(0, torch.div(block, 9, rounding_mode="floor"))  # (E,)
         dst = partners.index_select(0, slot)  # (E,)
-        # Each unordered pair once: a pair of the same bucket is found from both ends, keep index order;
-        # a pair across buckets is found only from the larger box's bucket.
-        once = ((bucket.index_select(0, dst) < level) | (src < dst)).nonzero().squeeze(1)
+        # Each unordered pair once: a pair within the level is found from both ends, keep index order; a pair with
+        # a box of a lower level only from this one.
+        once = ((bucket.index_select(0, dst) < smallest + low_bucket) | (src < dst)).nonzero().squeeze(1)
         firsts.append(src.index_select(0, once))
         seconds.append(dst.index_select(0, once))
     return torch.cat(firsts), torch.cat(seconds)
