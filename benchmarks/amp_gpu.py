@@ -3,6 +3,7 @@
     python benchmarks/amp_gpu.py                                  # 200 steps each, batch 8, 256-px synthetic images
     python benchmarks/amp_gpu.py --steps 100 --batch-size 16 --image-size 512
     python benchmarks/amp_gpu.py --device cpu --steps 4 --warmup 1 # checks the script itself (no 16-mixed on CPU)
+    python benchmarks/amp_gpu.py --smoke                          # seconds, CPU: 32-true and bf16-mixed, 3 steps
 
 Per precision: a fresh model from the same seed, built by the real CLI from ``configs/quickstart.yaml`` plus
 ``configs/amp_bf16.yaml`` / ``configs/amp_fp16.yaml``, trained ``--steps`` optimizer steps on the synthetic
@@ -86,6 +87,11 @@ def run(precision: str, args: argparse.Namespace) -> dict:
             f"--data.synthetic.image_size={args.image_size}",
             f"--data.batch_size={args.batch_size}",
             f"--data.num_workers={args.num_workers}",
+            *(
+                [f"--data.synthetic.num_train={args.batch_size * args.steps}", "--data.synthetic.num_val=2"]
+                if args.smoke
+                else []
+            ),
         ],
         run=False,
     )
@@ -122,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=".cache/tod_lightning")
     parser.add_argument("--precisions", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: check the script, no 16-mixed")
+    parser.add_argument("--smoke", action="store_true", help="CPU, 3 steps of batch 2 at 64 px on a tiny dataset")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.device, args.steps, args.warmup, args.batch_size, args.image_size, args.num_workers = "cpu", 3, 1, 2, 64, 0
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
     if args.device == "cuda" and not torch.cuda.is_available():
