@@ -101,3 +101,10 @@ def test_sparse_group_ids_and_a_huge_canvas():
     ref = _reference(boxes, scores, groups, 0.6)
     out = sparse_batched_nms(boxes, scores, groups, 0.6)
     assert set(out.tolist()) == set(ref.tolist()) and len(out) < len(boxes)
+
+
+def test_non_finite_boxes_fall_back_to_torchvision():
+    boxes, scores, groups = _scene(3000, 300, seed=12)
+    boxes[5] = float("nan")
+    boxes[9, 2] = float("inf")
+    assert torch.equal(sparse_batched_nms(boxes, scores, groups, 0.6), batched_nms(boxes, scores, groups, 0.6))

@@ -55,7 +55,8 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
        undecided box; in practice a handful of rounds (the longest chain of duplicates).
 
     Returns the kept indices in decreasing score order, like torchvision. Falls back to torchvision for
-    ``iou_threshold`` below 0.05 (no useful size bound) and for fewer than 1000 boxes.
+    ``iou_threshold`` below 0.05 (no useful size bound), for fewer than 1000 boxes, and for boxes with non-finite
+    or absurd (>= 2^40) coordinates, which have no size bucket.
 
     Args:
         boxes_xyxy: ``(N, 4)`` boxes with ``x1 <= x2``, ``y1 <= y2``.
@@ -64,8 +65,8 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
         iou_threshold: a box is suppressed by a kept box with IoU strictly above it.
     """
     num = boxes_xyxy.shape[0]
-    if num < 1000 or iou_threshold < 0.05:
-        return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+    if num < 1000 or iou_threshold < 0.05 or not bool((boxes_xyxy.abs() < 2.0**40).all()):
+        return batched_nms(boxes_xyxy, scores, groups, iou_threshold)  # NaN, inf or absurd coordinates included
     device = boxes_xyxy.device
     order = stable_descending_order(scores)  # (N,) torchvision's processing order: by score, ties by index
     rank = torch.empty_like(order).index_copy_(0, order, torch.arange(num, device=device))  # (N,) inverse
@@ -104,9 +105,9 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
         group_of = torch.unique(groups, return_inverse=True)[1]
         num_groups = int(group_of.max()) + 1
     # IoU > t needs an overlap of more than t * max(w_a, w_b) on x, so the centres are less than
-    # (w_a + w_b) / 2 - t * max(w_a, w_b) <= (1 - t) * max(w_a, w_b) apart (and the same on y). Partners are no
-    # larger than the source's bucket 2^level, so with cells of at least (1 - t) * 2^level (1 % margin for
-    # rounding) a partner's cell is one of the 3x3 around the source's.
+    # (w_a + w_b) / 2 - t * max(w_a, w_b) <= (1 - t) * max(w_a, w_b) apart (and the same on y). A level's boxes
+    # and their partners are no larger than 2^level (its largest bucket), so with cells of at least
+    # (1 - t) * 2^level (1 % margin for rounding) a partner's cell is one of the 3x3 around the box's.
     fraction = min(1.0, 1.01 * (1.0 - iou_threshold))
     # Boxes sorted by bucket, so that every level's sources and partners are slices, not searches.
     smallest = int(bucket.min())
