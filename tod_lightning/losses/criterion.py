@@ -12,9 +12,8 @@ from torch import Tensor, nn
 from tod_lightning.assigners.atss import IGNORE, ATSSAssigner
 from tod_lightning.losses.focal import FocalLoss
 from tod_lightning.losses.iou_loss import GIoULoss
-from tod_lightning.models.postprocess import flatten_levels
 from tod_lightning.ops.boxes import PointBoxCoder
-from tod_lightning.ops.points import level_points
+from tod_lightning.ops.points import flatten_levels, level_points
 from tod_lightning.structures import DetectorOutput, Target
 
 

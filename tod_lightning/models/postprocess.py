@@ -13,11 +13,6 @@ from tod_lightning.ops.points import level_points
 from tod_lightning.structures import Detections, DetectorOutput
 
 
-def flatten_levels(maps: list[Tensor]) -> Tensor:
-    """Per-level ``(B, C, H_l, W_l)`` -> ``(B, P, C)`` in the point order of :func:`level_points`."""
-    return torch.cat([m.flatten(2) for m in maps], dim=2).transpose(1, 2)  # (B, P, C)
-
-
 class PostProcessor:
     """Turns a :class:`DetectorOutput` into one :class:`Detections` per image.
 

@@ -2,7 +2,7 @@
 
 from tod_lightning.ops.boxes import PointBoxCoder, box_area, boxes_in_regions, points_in_boxes
 from tod_lightning.ops.nms import class_aware_nms, sparse_batched_nms
-from tod_lightning.ops.points import level_points
+from tod_lightning.ops.points import flatten_levels, level_points
 from tod_lightning.ops.tiles import tile_starts, tile_windows
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "box_area",
     "boxes_in_regions",
     "class_aware_nms",
+    "flatten_levels",
     "level_points",
     "points_in_boxes",
     "sparse_batched_nms",

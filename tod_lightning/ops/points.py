@@ -39,3 +39,8 @@ def level_points(
         _CACHE.clear()
     _CACHE[key] = result
     return result
+
+
+def flatten_levels(maps: list[Tensor]) -> Tensor:
+    """Per-level ``(B, C, H_l, W_l)`` -> ``(B, P, C)`` in the point order of :func:`level_points`."""
+    return torch.cat([m.flatten(2) for m in maps], dim=2).transpose(1, 2)  # (B, P, C)
