@@ -14,6 +14,7 @@ from tod_lightning.callbacks import (
     crop_windows,
     densest_first,
     image_panels,
+    pad_to_common_size,
     read_wandb_run_id,
     smallest_first,
     zoom_nearest,
@@ -85,6 +86,33 @@ def test_zoom_nearest_makes_exact_blocks():
     big = zoom_nearest(frame, 4)
     assert big.shape == (8, 12, 3)
     assert (big[4:8, 8:12] == frame[1, 2]).all() and (big[0:4, 0:4] == frame[0, 0]).all()
+
+
+def test_pad_to_common_size_keeps_pixels_at_their_place():
+    frames = [np.full((2, 3, 3), 7, np.uint8), np.full((4, 1, 3), 9, np.uint8)]
+    padded = pad_to_common_size(frames)
+    assert [f.shape for f in padded] == [(4, 3, 3), (4, 3, 3)]
+    assert (padded[0][:2] == 7).all() and (padded[0][2:] == 0).all()
+    assert (padded[1][:, :1] == 9).all() and (padded[1][:, 1:] == 0).all()
+
+
+def test_render_logs_every_list_at_one_size():
+    """Images of different sizes and crops of different zooms: W&B shows a list at its first image's size (and
+    warns "Images sizes do not match" when it logs one), so each list comes out at one size, boxes in place."""
+    images = torch.randint(0, 255, (2, 3, 48, 64), dtype=torch.uint8)
+    targets = [
+        Target(boxes_xyxy=torch.tensor([[4.0, 4.0, 9.0, 9.0], [30.0, 20.0, 33.0, 22.0]]), labels=torch.tensor([1, 0])),
+        Target(boxes_xyxy=torch.tensor([[2.0, 3.0, 30.0, 36.0]]), labels=torch.tensor([1])),  # a big box: wider crop
+    ]
+    batch = Batch(images=images, targets=targets, image_sizes=torch.tensor([[48, 64], [40, 50]]))
+    aux = {"recon": images.float() / 255}
+    logged = ValidationImageLogger(min_score=0.0).render(batch, 2, _dets(2), aux, ["a", "b"])
+    for key in ("val/images/image", "val/images/crops", "val/images/recon"):
+        assert len({img.image.size for img in logged[key]}) == 1, key
+    assert logged["val/images/image"][1].image.size == (64, 48)  # (w, h) of the larger image
+    assert len(logged["val/images/crops"]) == 3  # two windows on the first image, one on the second
+    box = logged["val/images/image"][1]._boxes["ground_truth"]._val[0]["position"]
+    assert box == {"minX": 2.0, "minY": 3.0, "maxX": 30.0, "maxY": 36.0}  # padding at the bottom/right: unmoved
 
 
 # ------------------------------------------------------------------------- where the boxes come from

@@ -332,9 +332,7 @@ class ValidationImageLogger(L.Callback):
             )
             labels = _class_labels(class_names, torch.cat([gt_labels, pred_labels]))
             caption = f"image_id {target.image_id}"
-            images.append(
-                _wandb_image(frame, (gt_xyxy, gt_labels), (pred_xyxy, pred_labels, pred_scores), labels, caption)
-            )
+            images.append((frame, (gt_xyxy, gt_labels), (pred_xyxy, pred_labels, pred_scores), labels, caption))
             order = smallest_first(gt_xyxy) if len(gt_xyxy) else densest_first(pred_xyxy, self.crop_size)
             for window in crop_windows(order, (h, w), self.num_crops, self.crop_size):
                 x0, y0, x1, y1 = window
@@ -342,7 +340,7 @@ class ValidationImageLogger(L.Callback):
                 gt_idx, gt_in = boxes_in_window(gt_xyxy, window, factor)
                 pred_idx, pred_in = boxes_in_window(pred_xyxy, window, factor)
                 crops.append(
-                    _wandb_image(
+                    (
                         zoom_nearest(frame[y0:y1, x0:x1], factor),
                         (gt_in, gt_labels[gt_idx]),
                         (pred_in, pred_labels[pred_idx], pred_scores[pred_idx]),
@@ -350,14 +348,15 @@ class ValidationImageLogger(L.Callback):
                         f"{caption} x{factor} [{x0}, {y0}, {x1}, {y1}]",
                     )
                 )
-        logged = {"val/images/image": images}
+        # Each list at one size: W&B lays a list of images out at its first image's size (and warns "Images sizes
+        # do not match"), so images of different sizes and crops of different zooms are padded to the largest.
+        logged = {"val/images/image": _images_at_one_size(images)}
         if crops:
-            logged["val/images/crops"] = crops
+            logged["val/images/crops"] = _images_at_one_size(crops)
         for key, frames in panels.items():
             if key != "image":
-                logged[f"val/images/{key}"] = [
-                    wandb.Image(np.ascontiguousarray(f[:h, :w])) for f, (h, w) in zip(frames, sizes)
-                ]
+                cut = [np.ascontiguousarray(f[:h, :w]) for f, (h, w) in zip(frames, sizes)]
+                logged[f"val/images/{key}"] = [wandb.Image(f) for f in pad_to_common_size(cut)]
         return logged
 
 
@@ -439,6 +438,21 @@ def boxes_in_window(
     index = ((clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])).nonzero().flatten()
     origin = clipped.new_tensor([x0, y0, x0, y0])
     return index, (clipped[index] - origin) * factor
+
+
+def pad_to_common_size(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """``(h_i, w_i, 3)`` frames padded (black, at the bottom and right) to the largest height and width among them;
+    pixel coordinates from the top left, as the boxes drawn on them use, stay valid."""
+    if not frames:
+        return frames
+    height, width = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)
+    return [np.pad(f, ((0, height - f.shape[0]), (0, width - f.shape[1]), (0, 0))) for f in frames]
+
+
+def _images_at_one_size(items: list[tuple]) -> list:
+    """``(frame, gt, preds, class_labels, caption)`` tuples -> ``wandb.Image`` list, every frame at one size."""
+    frames = pad_to_common_size([item[0] for item in items])
+    return [_wandb_image(frame, *item[1:]) for frame, item in zip(frames, items)]
 
 
 def zoom_nearest(frame: np.ndarray, factor: int) -> np.ndarray:
