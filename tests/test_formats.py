@@ -260,6 +260,17 @@ def test_bad_record(tmp_path, fmt, line, kind):
     ann = split.load(strict=False)
     assert ann.problems.counts() == {kind: 1}
     a = ann.images[0]
+    if kind == UNKNOWN_CATEGORY:  # an object of an unknown class: an ignore region (as in COCO), not background
+        assert next(iter(ann.problems)).action == "made an ignore region"
+        np.testing.assert_array_equal(a.ann_ids, [1, 2, 3])
+        assert a.labels[1] == ANY_CLASS and a.iscrowd.tolist() == [False, True, False]
+        assert len(ann.images) == 2
+        if fmt == "visdrone":  # written back with its own category: the file round-trips byte for byte
+            write_visdrone(ann, str(tmp_path / "out"))
+            assert (tmp_path / "out" / "a.txt").read_text() == text
+        else:  # YOLO cannot hold an ignore region: the writer leaves it out and says how many
+            assert write_yolo(ann, str(tmp_path / "out")) == 1
+        return
     np.testing.assert_array_equal(a.ann_ids, [1, 3])  # the good records are read
     assert len(a.boxes_xyxy) == 2 and len(ann.images) == 2
 

@@ -308,6 +308,27 @@ def check_boxes(
     return ~bad, clipped
 
 
+def unknown_as_ignore(
+    unknown: np.ndarray,
+    keep: np.ndarray,
+    path: str,
+    line_numbers: np.ndarray,
+    lines: list[str],
+    problems: ProblemLog,
+    description: str,
+) -> np.ndarray:
+    """Lenient mode: the usable rows of an unknown category become class-agnostic ignore regions, as in
+    :func:`~tod_lightning.data.coco.read_coco`. An object of an unknown class is still an object: dropping it
+    would train its pixels as background and score a detection on it as a false positive. Each is reported
+    (``unknown_category``, action "made an ignore region"). Returns ``(L,)`` bool: those rows."""
+    made = keep & unknown
+    for i in np.flatnonzero(made):  # only the unknown rows: a loop over reports, not over boxes
+        problems.error(
+            UNKNOWN_CATEGORY, f"{path}:{line_numbers[i]}", f"{description}: {lines[i]!r}", "made an ignore region"
+        )
+    return made
+
+
 # ------------------------------------------------------------------------------------------ VisDrone
 def read_visdrone(
     images_dir: str,
@@ -329,8 +350,10 @@ def read_visdrone(
     Bad input (see :func:`pair_images_and_txt` and :func:`check_boxes`; ``where`` = ``<txt path>:<line>`` or
     the image path) raises :class:`AnnotationError` when ``strict``, else is skipped and counted: a line
     without 8 columns or with a non-number (``malformed_record``), a non-finite box (``non_finite_box``), a
-    non-integer value (``malformed_record``), an unknown category (``unknown_category``), a non-positive size,
-    a box entirely outside the image. A box partly outside is clipped (a counted fix).
+    non-integer value (``malformed_record``), a non-positive size, a box entirely outside the image. A box
+    partly outside is clipped (a counted fix). An unknown category (``unknown_category``) raises when
+    ``strict``; in lenient mode a usable box of it becomes a class-agnostic ignore region (counted, as
+    :func:`~tod_lightning.data.coco.read_coco` does), written back with its category by :func:`write_visdrone`.
     """
     _check_categories(class_names, ignore_categories)
     problems = ProblemLog(strict)
@@ -349,20 +372,24 @@ def read_visdrone(
         boxes_xyxy = np.stack([left, top, left + box_w, top + box_h], 1)  # (L, 4)
         with np.errstate(invalid="ignore"):
             integral = (np.isfinite(values) & (values == np.round(values))).all(1)
+            unknown = ~np.isin(category, object_ids) & ~np.isin(category, ignore_ids)
             format_checks = [
                 (~np.isfinite(values[:, :4]).all(1), NON_FINITE_BOX, "non-finite box"),
                 (~integral, MALFORMED_RECORD, "non-integer or non-finite value"),
-                (
-                    ~np.isin(category, object_ids) & ~np.isin(category, ignore_ids),
-                    UNKNOWN_CATEGORY,
-                    f"unknown category ({known})",
-                ),
             ]
+        if strict:  # an error at its place among the checks; lenient: an ignore region below
+            format_checks.append((unknown, UNKNOWN_CATEGORY, f"unknown category ({known})"))
+        path = paired.txt_path or ""
         keep, boxes_xyxy = check_boxes(
-            boxes_xyxy, paired.height, paired.width, paired.txt_path or "", numbers, lines, problems, format_checks
+            boxes_xyxy, paired.height, paired.width, path, numbers, lines, problems, format_checks
+        )
+        as_ignore = (
+            np.zeros_like(keep)
+            if strict
+            else unknown_as_ignore(unknown, keep, path, numbers, lines, problems, f"unknown category ({known})")
         )
         values, boxes_xyxy = values[keep].astype(np.int64), boxes_xyxy[keep]  # (N, 8), (N, 4)
-        ignore = np.isin(values[:, 5], ignore_ids)
+        ignore = np.isin(values[:, 5], ignore_ids) | as_ignore[keep]
         wh = boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]
         record.boxes_xyxy = boxes_xyxy.astype(np.float32)
         record.labels = np.where(ignore, ANY_CLASS, values[:, 5] - 1).astype(np.int64)

@@ -15,9 +15,9 @@ from typing import Sequence
 import numpy as np
 
 from tod_lightning.data.problems import MALFORMED_RECORD, NON_FINITE_BOX, UNKNOWN_CATEGORY, ProblemLog
-from tod_lightning.data.records import AnnotationSet, ImageRecord
+from tod_lightning.data.records import ANY_CLASS, AnnotationSet, ImageRecord
 from tod_lightning.data.splits import SplitSource
-from tod_lightning.data.visdrone import check_boxes, pair_images_and_txt, parse_table, read_txt
+from tod_lightning.data.visdrone import check_boxes, pair_images_and_txt, parse_table, read_txt, unknown_as_ignore
 
 YOLO_COLUMNS = ("class", "cx", "cy", "w", "h")
 # Overshoot of a normalised coordinate past 0 or 1 that is clipped without a report: files written with 6
@@ -62,17 +62,20 @@ class YoloSplit(SplitSource):
 def read_yolo(images_dir: str, labels_dir: str, class_names: Sequence[str], strict: bool = True) -> AnnotationSet:
     """Read and validate a YOLO split into an :class:`AnnotationSet`.
 
-    Category ids are the class indices ``0..K-1`` (label = class index); ``iscrowd`` is all False. Boxes are
+    Category ids are the class indices ``0..K-1`` (label = class index); ``iscrowd`` marks only the ignore
+    regions that lenient mode makes of unknown classes (below). Boxes are
     converted to pixels with the image size read from the header; image ids are the 1-based position in the
     sorted image files of ``images_dir``; ``ann_ids`` are 1-based line numbers.
 
     Bad input (``where`` = ``<txt path>:<line>`` or the image path) raises :class:`AnnotationError` when
     ``strict``, else is skipped and counted: a line without 5 columns or with a non-number
     (``malformed_record``), a non-finite value (``non_finite_box``), a non-integer class
-    (``malformed_record``), a class index outside ``0..K-1`` (``unknown_category``), a non-positive size, a
-    box entirely outside the image; plus the folder-level problems of
+    (``malformed_record``), a non-positive size, a box entirely outside the image; plus the folder-level
+    problems of
     :func:`~tod_lightning.data.visdrone.pair_images_and_txt`. A box partly outside is clipped (a counted fix;
-    overshoots up to :data:`CLIP_TOLERANCE` are rounding and clipped silently).
+    overshoots up to :data:`CLIP_TOLERANCE` are rounding and clipped silently). A class index outside ``0..K-1``
+    (``unknown_category``) raises when ``strict``; in lenient mode a usable box of it becomes a class-agnostic
+    ignore region (counted, as :func:`~tod_lightning.data.coco.read_coco` does), which :func:`write_yolo` drops.
     """
     if not class_names:
         raise ValueError("class_names is empty")
@@ -89,29 +92,31 @@ def read_yolo(images_dir: str, labels_dir: str, class_names: Sequence[str], stri
         centre_xy, wh = values[:, 1:3] * size_xy, values[:, 3:5] * size_xy  # (L, 2) pixels
         boxes_xyxy = np.concatenate([centre_xy - wh / 2, centre_xy + wh / 2], 1)  # (L, 4)
         cls = values[:, 0]
+        unknown_text = f"class index outside 0..{num_classes - 1}"
         with np.errstate(invalid="ignore"):
+            unknown = (cls < 0) | (cls >= num_classes)
             format_checks = [
                 (~np.isfinite(values).all(1), NON_FINITE_BOX, "non-finite value"),
                 (cls != np.round(cls), MALFORMED_RECORD, "non-integer class index"),
-                ((cls < 0) | (cls >= num_classes), UNKNOWN_CATEGORY, f"class index outside 0..{num_classes - 1}"),
             ]
+        if strict:  # an error at its place among the checks; lenient: an ignore region below
+            format_checks.append((unknown, UNKNOWN_CATEGORY, unknown_text))
+        path = paired.txt_path or ""
+        clip_tolerance = CLIP_TOLERANCE * max(paired.width, paired.height)
         keep, boxes_xyxy = check_boxes(
-            boxes_xyxy,
-            paired.height,
-            paired.width,
-            paired.txt_path or "",
-            numbers,
-            lines,
-            problems,
-            format_checks,
-            clip_tolerance=CLIP_TOLERANCE * max(paired.width, paired.height),
+            boxes_xyxy, paired.height, paired.width, path, numbers, lines, problems, format_checks, clip_tolerance
         )
-        boxes_xyxy = boxes_xyxy[keep]  # (N, 4)
+        as_ignore = (
+            np.zeros_like(keep)
+            if strict
+            else unknown_as_ignore(unknown, keep, path, numbers, lines, problems, unknown_text)
+        )
+        boxes_xyxy, as_ignore = boxes_xyxy[keep], as_ignore[keep]  # (N, 4), (N,)
         box_wh = boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]
         record.boxes_xyxy = boxes_xyxy.astype(np.float32)
-        record.labels = cls[keep].astype(np.int64)
+        record.labels = np.where(as_ignore, ANY_CLASS, cls[keep]).astype(np.int64)
         record.areas = (box_wh[:, 0] * box_wh[:, 1]).astype(np.float32)
-        record.iscrowd = np.zeros(len(boxes_xyxy), bool)
+        record.iscrowd = as_ignore  # YOLO has no crowd flag: only an unknown class's ignore regions
         record.ann_ids = numbers[keep]
         images.append(record)
     return AnnotationSet(images, list(range(num_classes)), list(class_names), labels_dir, problems)
