@@ -276,7 +276,7 @@ def test_yolo_split(tmp_path):
     _write_images(root / "images", {"a.png": (50, 100), "b.png": (50, 100)})
     (root / "labels").mkdir()
     (root / "labels" / "a.txt").write_text("0 0.1 0.1 0.04 0.08\n1 0.5 0.5 0.2 0.4\n")  # 4x4 px, 20x20 px
-    (root / "labels" / "b.txt").write_text("7 0.5 0.5 0.1 0.1\n")  # class 7 of 2
+    (root / "labels" / "b.txt").write_text("7 0.5 0.5 0.1 0.1\n")  # class 7 of 2: an ignore region (lenient)
     split_args = [
         "--split.class_path=tod_lightning.data.YoloSplit",
         f"--split.init_args.images_dir={root / 'images'}",
@@ -284,7 +284,7 @@ def test_yolo_split(tmp_path):
         f"--split.init_args.class_names={['car', 'person']}",
     ]
     r = main([*split_args, "--strides=[4, 8]"])["splits"]["split"]
-    assert (r["images"], r["objects"], r["ignore_regions"], r["empty_images"]) == (2, 2, 0, 1)
+    assert (r["images"], r["objects"], r["ignore_regions"], r["empty_images"]) == (2, 2, 1, 1)  # b: no object
     assert [b["count"] for b in r["size_bins"]] == [1, 0, 1, 0]  # areas 16, 400
     assert [s["below"] for s in r["strides"]] == [0, 1]  # sqrt(area) 4 (not < 4), 20
     assert math.isclose(r["objects_per_image_mean"], 1.0)
