@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from tod_lightning.ops.boxes import paired_box_iou
+
 
 class BoxSimilarity:
     """``__call__(priors_xyxy (P, 4), gt_xyxy (G, 4)) -> (P, G)``, higher is more similar, in [0, 1]."""
@@ -29,16 +31,7 @@ class IoUSimilarity(BoxSimilarity):
         return box_iou(priors_xyxy, gt_xyxy)
 
     def paired(self, priors_xyxy: Tensor, gt_xyxy: Tensor) -> Tensor:
-        # The arithmetic of torchvision's box_iou, element by element, so the values are bit-identical; on the
-        # coordinates one by one (each a plain, often contiguous, (...) tensor: vectorised loops on CPU).
-        x1, y1, x2, y2 = priors_xyxy.unbind(-1)
-        gx1, gy1, gx2, gy2 = gt_xyxy.unbind(-1)
-        # In place where a result is fresh: each new (G, C) temporary costs page faults on CPU.
-        area2 = (gx2 - gx1) * (gy2 - gy1)
-        union = (x2 - x1).mul_(y2 - y1).add_(area2)  # area1 + area2
-        inter = torch.minimum(x2, gx2).sub_(torch.maximum(x1, gx1)).clamp_(min=0)  # w
-        inter.mul_(torch.minimum(y2, gy2).sub_(torch.maximum(y1, gy1)).clamp_(min=0))  # w * h
-        return inter.div_(union.sub_(inter))
+        return paired_box_iou(priors_xyxy, gt_xyxy)  # torchvision's box_iou arithmetic: bit-identical to __call__
 
 
 class NWDSimilarity(BoxSimilarity):

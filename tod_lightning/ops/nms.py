@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from tod_lightning.ops.boxes import paired_box_iou
 from tod_lightning.ops.ordering import argsort_unstable, stable_descending_order
 
 
@@ -31,10 +32,15 @@ def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thre
 
 def sparse_is_faster(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> bool:
     """The dispatch of :func:`class_aware_nms`: on CPU, ``sum(n_g^2) > 2e6 + 400 N`` (estimated costs)."""
-    if boxes_xyxy.device.type != "cpu" or iou_threshold < 0.05 or boxes_xyxy.shape[0] < 1000:
-        return False
+    if boxes_xyxy.device.type != "cpu" or not _sparse_applies(boxes_xyxy.shape[0], iou_threshold):
+        return False  # host-known: no bincount for the many small calls
     sizes = torch.bincount(groups - groups.min()).double()  # (K,) boxes per group (ids are compact: image, class)
     return float((sizes * sizes).sum()) > 2e6 + 400.0 * boxes_xyxy.shape[0]
+
+
+def _sparse_applies(num_boxes: int, iou_threshold: float) -> bool:
+    """Below 1000 boxes the sparse path never pays; below IoU 0.05 the size buckets bound nothing."""
+    return num_boxes >= 1000 and iou_threshold >= 0.05
 
 
 def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
@@ -65,13 +71,13 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
         iou_threshold: a box is suppressed by a kept box with IoU strictly above it.
     """
     num = boxes_xyxy.shape[0]
-    if num < 1000 or iou_threshold < 0.05 or not bool((boxes_xyxy.abs() < 2.0**40).all()):
+    if not _sparse_applies(num, iou_threshold) or not bool((boxes_xyxy.abs() < 2.0**40).all()):
         return batched_nms(boxes_xyxy, scores, groups, iou_threshold)  # NaN, inf or absurd coordinates included
     device = boxes_xyxy.device
     order = stable_descending_order(scores)  # (N,) torchvision's processing order: by score, ties by index
     rank = torch.empty_like(order).index_copy_(0, order, torch.arange(num, device=device))  # (N,) inverse
     first, second = _candidate_pairs(boxes_xyxy, groups, iou_threshold)  # (E,), (E,) each pair once
-    iou = _pair_iou(boxes_xyxy, first, second)
+    iou = paired_box_iou(boxes_xyxy.index_select(0, first), boxes_xyxy.index_select(0, second))  # (E,)
     hit = (iou.double() > iou_threshold).nonzero().squeeze(1)  # the kernel compares the float IoU with a double
     first, second = first.index_select(0, hit), second.index_select(0, hit)
     # Edge from the higher-ranked box (it is processed first) to the lower-ranked one.
@@ -165,14 +171,3 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
         firsts.append(src.index_select(0, once))
         seconds.append(dst.index_select(0, once))
     return torch.cat(firsts), torch.cat(seconds)
-
-
-def _pair_iou(boxes_xyxy: Tensor, first: Tensor, second: Tensor) -> Tensor:
-    """IoU of box pairs with torchvision's CPU NMS arithmetic (``inter / (area_a + area_b - inter)``)."""
-    a, b = boxes_xyxy.index_select(0, first), boxes_xyxy.index_select(0, second)  # (E, 4)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = w * h
-    return inter / (area_a + area_b - inter)
