@@ -93,15 +93,10 @@ def planted_output(targets: list[Target], size: int, gen: torch.Generator) -> De
 
 
 def assign_batch(criterion: DetectionCriterion, output: DetectorOutput, targets: list[Target]) -> torch.Tensor:
-    """The assignment of a batch as the criterion runs it (its ``_assign`` when it has one)."""
+    """The assignment of a batch exactly as the criterion runs it."""
     sizes = [tuple(m.shape[-2:]) for m in output.cls_logits]
     points_xy, point_strides = level_points(sizes, output.strides, output.cls_logits[0].device)
-    if hasattr(criterion, "_assign"):
-        return criterion._assign(points_xy, point_strides, sizes, targets)
-    counts = [h * w for h, w in sizes]
-    return torch.stack(
-        [criterion.assigner(points_xy, point_strides, counts, t.boxes_xyxy, t.ignore_xyxy).gt_index for t in targets]
-    )
+    return criterion._assign(points_xy, point_strides, sizes, targets)
 
 
 def sync(device: torch.device) -> None:
