@@ -25,25 +25,11 @@ import argparse
 import statistics
 import tempfile
 import time
-from functools import partial
 
 import torch
 
-from tod_lightning.benchmarking import describe_machine
+from tod_lightning.benchmarking import describe_machine, quickstart_task
 from tod_lightning.data import DetectionDataModule, SyntheticSpec
-from tod_lightning.losses.criterion import DetectionCriterion
-from tod_lightning.models import FPN, DenseHead, Detector, TimmBackbone
-
-
-def quickstart_detector(num_classes: int) -> Detector:
-    """The model of configs/quickstart.yaml."""
-    torch.manual_seed(0)
-    return Detector(
-        TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16]),
-        [partial(FPN, out_channels=64, min_level=2, max_level=4)],
-        partial(DenseHead, num_convs=2),
-        num_classes,
-    )
 
 
 def loader_rate(datamodule: DetectionDataModule, batches: int) -> tuple[float, float, object]:
@@ -65,7 +51,8 @@ def loader_rate(datamodule: DetectionDataModule, batches: int) -> tuple[float, f
 
 def model_rate(batch, num_classes: int, steps: int) -> tuple[float, list[float]]:
     """(images/s, per-step seconds) of forward + criterion + backward + AdamW step on one batch."""
-    detector, criterion = quickstart_detector(num_classes), DetectionCriterion()
+    task = quickstart_task(num_classes)  # the model of configs/quickstart.yaml
+    detector, criterion = task.detector, task.criterion
     detector.train()
     optimizer = torch.optim.AdamW(detector.parameters(), lr=2e-3, weight_decay=0.05)
     images01 = batch.images01()

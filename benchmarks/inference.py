@@ -29,12 +29,11 @@ import resource
 import statistics
 import sys
 import time
-from functools import partial
 
 import numpy as np
 import torch
 
-from tod_lightning.benchmarking import describe_machine
+from tod_lightning.benchmarking import describe_machine, quickstart_task
 
 
 def rss_mb() -> float | None:
@@ -64,17 +63,11 @@ def scene(height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 def measure(case: dict) -> dict:
     """Runs in a fresh process: build the model and input, warm up, time ``runs`` inferences."""
-    from tod_lightning.models import FPN, DenseHead, Detector, PostProcessor, SlicedInference, TimmBackbone
+    from tod_lightning.models import PostProcessor, SlicedInference
 
     torch.set_num_threads(case["threads"]) if case["threads"] else None
     device = torch.device(case["device"])
-    torch.manual_seed(0)
-    detector = Detector(
-        TimmBackbone("resnet18", pretrained=False, out_strides=[4, 8, 16]),
-        [partial(FPN, out_channels=64, min_level=2, max_level=4)],
-        partial(DenseHead, num_convs=2),
-        4,
-    ).to(device)
+    detector = quickstart_task(4).detector.to(device)  # the model of configs/quickstart.yaml, seed 0
     detector.eval()
     postprocess = PostProcessor()
     height, width = case["size"]

@@ -1,12 +1,17 @@
-"""Machine description for the table headers of the ``benchmarks/`` scripts (one place, so all tables agree)."""
+"""Shared by the ``benchmarks/`` scripts: the machine description of their table headers (one place, so all tables
+agree) and the quickstart model, built from ``configs/quickstart.yaml`` itself (so the scripts cannot drift from it)."""
 
 from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
 import torchvision
+import yaml
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 
 def cpu_model() -> str:
@@ -26,3 +31,18 @@ def describe_machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return f"{cpu_model()}, {cores} cores{gpu}, torch {torch.__version__}, torchvision {torchvision.__version__}"
+
+
+def quickstart_task(num_classes: int, config: str | Path = QUICKSTART, seed: int = 0):
+    """The ``model`` of a LightningCLI config (default ``configs/quickstart.yaml``) as a :class:`DetectionTask`,
+    parsed and instantiated by jsonargparse as ``cli.py`` does, with ``num_classes`` given (the CLI links it from
+    the data) and the weights initialised from ``seed``."""
+    from jsonargparse import ArgumentParser
+
+    from tod_lightning.task import DetectionTask
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DetectionTask, "model", fail_untyped=False)
+    model = yaml.safe_load(Path(config).read_text())["model"]
+    torch.manual_seed(seed)
+    return parser.instantiate(parser.parse_object({"model": {**model, "num_classes": num_classes}})).model

@@ -1,0 +1,20 @@
+"""The benchmarks' quickstart model is the one the real CLI builds from configs/quickstart.yaml."""
+
+import torch
+from tiny_cli import ROOT, quiet_trainer_args, tiny_data_args
+
+from tod_lightning.benchmarking import quickstart_task
+from tod_lightning.cli import main as cli_main
+
+
+def test_quickstart_task_is_the_clis_model(tmp_path):
+    cli = cli_main(
+        ["--config", str(ROOT / "configs/quickstart.yaml"), *tiny_data_args(tmp_path), *quiet_trainer_args(tmp_path)],
+        run=False,
+    )
+    ours = quickstart_task(cli.datamodule.num_classes)
+    theirs = {k: v.shape for k, v in cli.model.state_dict().items()}
+    assert {k: v.shape for k, v in ours.state_dict().items()} == theirs and len(theirs) > 50
+    assert type(ours.criterion) is type(cli.model.criterion)
+    assert list(ours.detector.backbone.out_strides) == list(cli.model.detector.backbone.out_strides) == [4, 8, 16]
+    torch.testing.assert_close(quickstart_task(3).state_dict(), quickstart_task(3).state_dict())  # seeded
