@@ -22,9 +22,13 @@ in float32 on CPU unless ``--device``):
   compares every kept box with every later box of its (image, class) group, so it grows with the square of the
   candidates).
 
-Printed: one row per (geometry, component, boxes) with the median, the spread (min-max) and the ratio of the
-median at the largest box count to the one at the smallest. The box counts are run interleaved (one run of each
-count in turn) so that load from other processes on a shared machine spreads over all of them alike.
+Printed: one row per (geometry, component, boxes) with the median, the spread (min-max), the ratio of the median
+to the one at the smallest box count, and the number of torch operator calls of one run
+(:func:`~tod_lightning.benchmarking.count_torch_ops`, backward included). A Python loop over boxes would add at
+least one call per box; the counts grow only by the data-dependent rounds (forced assignment rounds, at most one
+per candidate of a box; NMS size levels and greedy rounds), not with the boxes. The box counts are run interleaved
+(one run of each count in turn) so that load from other processes on a shared machine spreads over all of them
+alike.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import time
 import torch
 import torchvision
 
-from tod_lightning.benchmarking import cpu_model
+from tod_lightning.benchmarking import count_torch_ops, cpu_model
 from tod_lightning.losses.criterion import DetectionCriterion
 from tod_lightning.models.postprocess import PostProcessor
 from tod_lightning.ops.nms import class_aware_nms
@@ -130,8 +134,8 @@ def main(argv: list[str] | None = None) -> str:
         f"Median of {args.runs} runs after {args.warmup} warm-up runs; ratio = median / median at "
         f"{args.boxes[0]} boxes per image.",
         "",
-        "| input | component | boxes/img | median ms | min-max ms | ratio | note |",
-        "|---|---|---|---|---|---|---|",
+        "| input | component | boxes/img | median ms | min-max ms | ratio | torch ops | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(header), flush=True)  # rows follow as they are measured
     rows = []
@@ -175,6 +179,8 @@ def main(argv: list[str] | None = None) -> str:
         extra = {n: sum(d.scores.numel() for d in post(cases[n][2], image_sizes)) for n in args.boxes}
         for name in args.components:
             fn = fns[name]
+            with torch.enable_grad() if name.startswith("loss") else torch.no_grad():
+                ops = {n: count_torch_ops(lambda: fn(cases[n])) for n in args.boxes}  # untimed
             times = {n: [] for n in args.boxes}
             for i in range(args.warmup + args.runs):
                 for n in args.boxes:  # interleaved: one run of each box count in turn
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> str:
                     note = f"{len(cases[n][3][1]) / batch:.0f} candidates/img"
                 rows.append(
                     f"| {size}x{size} b{batch} | {name} | {n} | {1e3 * med[n]:.2f} | "
-                    f"{1e3 * min(times[n]):.2f}-{1e3 * max(times[n]):.2f} | {ratio:.2f} | {note} |"
+                    f"{1e3 * min(times[n]):.2f}-{1e3 * max(times[n]):.2f} | {ratio:.2f} | {ops[n]} | {note} |"
                 )
                 print(rows[-1], flush=True)
     return "\n".join(header + rows)

@@ -3,7 +3,7 @@
 import torch
 from tiny_cli import ROOT, quiet_trainer_args, tiny_data_args
 
-from tod_lightning.benchmarking import quickstart_task
+from tod_lightning.benchmarking import count_torch_ops, quickstart_task
 from tod_lightning.cli import main as cli_main
 
 
@@ -18,3 +18,12 @@ def test_quickstart_task_is_the_clis_model(tmp_path):
     assert type(ours.criterion) is type(cli.model.criterion)
     assert list(ours.detector.backbone.out_strides) == list(cli.model.detector.backbone.out_strides) == [4, 8, 16]
     torch.testing.assert_close(quickstart_task(3).state_dict(), quickstart_task(3).state_dict())  # seeded
+
+
+def test_count_torch_ops_sees_loops_and_backward():
+    boxes_xyxy = torch.rand(50, 4, requires_grad=True)
+    vectorised = count_torch_ops(lambda: (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).prod(1).sum())
+    looped = count_torch_ops(lambda: sum((b[2:] - b[:2]).prod() for b in boxes_xyxy))
+    assert vectorised < 10 and looped >= 3 * 50  # a loop over boxes: calls per box
+    forward = count_torch_ops(lambda: (boxes_xyxy * 2).sum())
+    assert count_torch_ops(lambda: (boxes_xyxy * 2).sum().backward()) > forward  # backward's calls too

@@ -24,11 +24,13 @@ def test_components_smoke_prints_table(capsys, components):
     }
     assert len(rows) == 7 * 2  # two box counts per component
     # Post-processing finds every planted box (one detection per box after NMS) among its 5 planted candidates.
-    dets = [row.split("|")[7].strip() for row in rows if "postprocess" in row]
+    dets = [row.split("|")[8].strip() for row in rows if "postprocess" in row]
     assert dets == ["5 dets/img", "20 dets/img"]
-    candidates = [int(row.split("|")[7].split()[0]) for row in rows if "pp nms" in row]
+    candidates = [int(row.split("|")[8].split()[0]) for row in rows if "pp nms" in row]
     assert candidates[:2] == candidates[2:]  # ours and torchvision's NMS on the same candidates
     assert 5 < candidates[0] <= 5 * 5 and 20 < candidates[1] <= 5 * 20  # planted points may coincide
+    ops = [int(row.split("|")[7]) for row in rows]
+    assert all(n > 10 for n in ops)  # every component's operator calls are counted
 
 
 def test_assign_batch_matches_criterion(components):
@@ -44,3 +46,36 @@ def test_assign_batch_matches_criterion(components):
     losses = crit(out, targets)
     assert gt_index.shape == (2, sum((64 // s) ** 2 for s in components.STRIDES))
     assert float(losses["num_pos"]) == float((gt_index >= 0).sum())
+
+
+def test_torch_op_count_does_not_grow_with_the_boxes(components):
+    """The acceptance point behind the benchmark's time ratio, without timing: assignment, loss (backward included)
+    and post-processing make about as many torch operator calls for 2000 boxes per image as for 100. A Python loop
+    over boxes would add at least one call per box (2 x 1900 here); what grows is a bounded number of rounds."""
+    import torch
+
+    from tod_lightning.benchmarking import count_torch_ops
+    from tod_lightning.losses.criterion import DetectionCriterion
+    from tod_lightning.models.postprocess import PostProcessor
+    from tod_lightning.ops.nms import sparse_is_faster
+
+    size, batch = 256, 2
+    criterion, post = DetectionCriterion(), PostProcessor()
+    image_sizes = torch.tensor([[size, size]] * batch)
+    calls = {}
+    for n in (100, 2000):
+        gen = torch.Generator().manual_seed(0)
+        targets = components.random_targets(batch, size, n, gen)
+        out = components.random_output(batch, size, gen, requires_grad=True)
+        planted = components.planted_output(targets, size, gen)
+        calls[n] = {
+            "assign": count_torch_ops(lambda: components.assign_batch(criterion, out, targets)),
+            "loss fwd+bwd": count_torch_ops(lambda: criterion(out, targets)["loss"].backward()),
+            "postprocess": count_torch_ops(lambda: post(planted, image_sizes)),
+        }
+        boxes_xyxy, _, labels, image_idx = post.candidates(planted, image_sizes)
+        # 100 boxes: torchvision's NMS; 2000: the sparse-graph NMS, so both paths are covered.
+        assert sparse_is_faster(boxes_xyxy, image_idx * 4 + labels, post.nms_iou) == (n == 2000)
+    for name in calls[100]:
+        assert calls[100][name] > 100, name
+        assert calls[2000][name] - calls[100][name] < 2000 - 100, (name, calls)

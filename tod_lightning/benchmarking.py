@@ -1,15 +1,18 @@
 """Shared by the ``benchmarks/`` scripts: the machine description of their table headers (one place, so all tables
-agree) and the quickstart model, built from ``configs/quickstart.yaml`` itself (so the scripts cannot drift from it)."""
+agree), the quickstart model, built from ``configs/quickstart.yaml`` itself (so the scripts cannot drift from it),
+and a count of the torch operators a call runs (loops over boxes show up as counts that grow with the boxes)."""
 
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torchvision
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
@@ -46,3 +49,27 @@ def quickstart_task(num_classes: int, config: str | Path = QUICKSTART, seed: int
     model = yaml.safe_load(Path(config).read_text())["model"]
     torch.manual_seed(seed)
     return parser.instantiate(parser.parse_object({"model": {**model, "num_classes": num_classes}})).model
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operator calls that reach the dispatcher while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_torch_ops(fn: Callable[[], object]) -> int:
+    """The number of torch operator calls ``fn()`` makes, its backward passes included.
+
+    Every operator reaches the dispatcher, so a Python loop over boxes or images adds at least one call per
+    iteration: a count that does not grow with the number of boxes shows that the work per box is inside tensor
+    operations. Deterministic and device-independent, unlike a time.
+    """
+    with _OpCounter() as counter:
+        fn()
+    return counter.calls
