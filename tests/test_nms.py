@@ -54,15 +54,26 @@ def test_same_boxes_kept_as_torchvision(n, size, threshold, big, integer, tied):
     assert (scores[out][1:] <= scores[out][:-1]).all()  # decreasing score, as torchvision returns them
 
 
-def test_every_suppressing_pair_is_a_candidate_pair_once():
-    boxes, _, groups = _scene(2000, 300, seed=3, big=10)
-    first, second = _candidate_pairs(boxes, groups, 0.5)
+@pytest.mark.parametrize(
+    "big,threshold,one_bucket",
+    [
+        (10, 0.5, False),  # several size levels: the upper ones search all 9 cells (partners of lower buckets)
+        (0, 0.6, True),  # one level, no lower partners: the half stencil (own cell and the 4 after it)
+        (0, 0.3, False),
+    ],
+)
+def test_every_suppressing_pair_is_a_candidate_pair_once(big, threshold, one_bucket):
+    boxes, _, groups = _scene(2000, 300, seed=3, big=big)
+    if one_bucket:  # every longest side in (8, 16]: a single size bucket
+        centers, wh = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]).clamp(8.5, 16)
+        boxes = torch.cat([centers - wh / 2, centers + wh / 2], 1)
+    first, second = _candidate_pairs(boxes, groups, threshold)
     pairs = set(zip(first.tolist(), second.tolist()))
     assert len(pairs) == len(first)  # no pair twice
     assert not any((b, a) in pairs for a, b in pairs)  # nor in both orders
     iou = box_iou(boxes, boxes)
     same = groups[:, None] == groups[None, :]
-    a, b = ((iou > 0.5) & same).triu(diagonal=1).nonzero().T
+    a, b = ((iou > threshold) & same).triu(diagonal=1).nonzero().T
     assert len(a) > 100
     assert all((i, j) in pairs or (j, i) in pairs for i, j in zip(a.tolist(), b.tolist()))
 

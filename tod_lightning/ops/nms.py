@@ -96,6 +96,9 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
     return order[state[order] == kept]
 
 
+_NEIGHBOURS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)]
+
+
 def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
     """Every pair of boxes of one group that may have IoU > ``iou_threshold``, once, as ``(first, second)``."""
     device = boxes_xyxy.device
@@ -155,19 +158,28 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
         cell_start = torch.cumsum(cell_count, 0) - cell_count
         xy = torch.floor(centers.index_select(0, sources) / cell).long() - low + 1  # (S, 2)
         source_cell = (group_of.index_select(0, sources) * grid_x + xy[:, 0]) * grid_y + xy[:, 1]  # (S,)
-        around = torch.tensor([dx * grid_y + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1)], device=device)
-        wanted = (source_cell[:, None] + around).reshape(-1)  # (S * 9,) the 9 cells around every source
+        # Partners of lower buckets are not sources here: each source searches all 9 cells around it. Without
+        # them (partners == sources) half of them suffice, as a pair of different cells is then found from the
+        # source in the lower cell: its own cell and the 4 cells after it (+x column, and +y in its column).
+        half = first_partner == low_bucket
+        stencil = [(0, 0), (1, -1), (1, 0), (1, 1), (0, 1)] if half else [(0, 0), *_NEIGHBOURS]
+        around = torch.tensor([dx * grid_y + dy for dx, dy in stencil], device=device)
+        wanted = (source_cell[:, None] + around).reshape(-1)  # (S * len(stencil),) the cells around every source
         count = cell_count.index_select(0, wanted)
         # One block of pairs per (source, cell): the block of every pair, then its partner's slot in the table.
         block = torch.repeat_interleave(torch.arange(len(wanted), device=device), count)  # (E,)
-        block_first = torch.cumsum(count, 0) - count  # (S * 9,) the first pair of each block
+        block_first = torch.cumsum(count, 0) - count  # the first pair of each block
         slot = (cell_start.index_select(0, wanted) - block_first).index_select(0, block)
         slot += torch.arange(len(block), device=device)
-        src = sources.index_select(0, torch.div(block, 9, rounding_mode="floor"))  # (E,)
+        src = sources.index_select(0, torch.div(block, len(stencil), rounding_mode="floor"))  # (E,)
         dst = partners.index_select(0, slot)  # (E,)
-        # Each unordered pair once: a pair within the level is found from both ends, keep index order; a pair with
-        # a box of a lower level only from this one.
-        once = ((bucket.index_select(0, dst) < smallest + low_bucket) | (src < dst)).nonzero().squeeze(1)
+        # Each unordered pair once. A pair in one cell is found from both ends: keep index order. With the full
+        # stencil so is a pair of two of the level's boxes in different cells, while a pair with a box of a lower
+        # level is found from this one only; with the half stencil a pair of different cells is found once.
+        if half:
+            once = ((block % len(stencil) != 0) | (src < dst)).nonzero().squeeze(1)
+        else:
+            once = ((bucket.index_select(0, dst) < smallest + low_bucket) | (src < dst)).nonzero().squeeze(1)
         firsts.append(src.index_select(0, once))
         seconds.append(dst.index_select(0, once))
     return torch.cat(firsts), torch.cat(seconds)
