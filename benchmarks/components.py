@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> str:
         for name in args.components:
             fn = fns[name]
             with torch.enable_grad() if name.startswith("loss") else torch.no_grad():
-                ops = {n: count_torch_ops(lambda: fn(cases[n])) for n in args.boxes}  # untimed
+                ops = {n: count_torch_ops(lambda: fn(cases[n])).calls for n in args.boxes}  # untimed
             times = {n: [] for n in args.boxes}
             for i in range(args.warmup + args.runs):
                 for n in args.boxes:  # interleaved: one run of each box count in turn

@@ -69,9 +69,9 @@ def test_torch_op_count_does_not_grow_with_the_boxes(components):
         out = components.random_output(batch, size, gen, requires_grad=True)
         planted = components.planted_output(targets, size, gen)
         calls[n] = {
-            "assign": count_torch_ops(lambda: components.assign_batch(criterion, out, targets)),
-            "loss fwd+bwd": count_torch_ops(lambda: criterion(out, targets)["loss"].backward()),
-            "postprocess": count_torch_ops(lambda: post(planted, image_sizes)),
+            "assign": count_torch_ops(lambda: components.assign_batch(criterion, out, targets)).calls,
+            "loss fwd+bwd": count_torch_ops(lambda: criterion(out, targets)["loss"].backward()).calls,
+            "postprocess": count_torch_ops(lambda: post(planted, image_sizes)).calls,
         }
         boxes_xyxy, _, labels, image_idx = post.candidates(planted, image_sizes)
         # 100 boxes: torchvision's NMS; 2000: the sparse-graph NMS, so both paths are covered.

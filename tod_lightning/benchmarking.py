@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -51,25 +53,65 @@ def quickstart_task(num_classes: int, config: str | Path = QUICKSTART, seed: int
     return parser.instantiate(parser.parse_object({"model": {**model, "num_classes": num_classes}})).model
 
 
+# Operators that make the host wait for an accelerator: a value or an output size computed on the device must reach
+# the host first (torch.cuda.set_sync_debug_mode flags these on a GPU).
+_SYNCING = {
+    "aten.nonzero.default",
+    "aten._local_scalar_dense.default",  # .item(), int(), bool(), .tolist()
+    "aten.masked_select.default",
+    "aten.equal.default",
+    "aten.is_nonzero.default",
+    "aten.bincount.default",  # its output size is the maximum
+    "aten._unique2.default",
+    "aten.unique_dim.default",
+    "aten.unique_consecutive.default",
+}
+
+
+@dataclass
+class OpCount:
+    """Operator calls of a function: ``calls`` in all, and ``syncs``, those that would wait for an accelerator,
+    by operator name (boolean-mask indexing as ``"aten.index.Tensor[bool]"``)."""
+
+    calls: int = 0
+    syncs: Counter = field(default_factory=Counter)
+
+    @property
+    def num_syncs(self) -> int:
+        return sum(self.syncs.values())
+
+
 class _OpCounter(TorchDispatchMode):
     """Counts the operator calls that reach the dispatcher while it is active."""
 
     def __init__(self):
         super().__init__()
-        self.calls = 0
+        self.count = OpCount()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        self.count.calls += 1
+        name = str(func)
+        if name in _SYNCING:
+            self.count.syncs[name] += 1
+        elif name == "aten.repeat_interleave.Tensor" and kwargs.get("output_size") is None:
+            self.count.syncs[name] += 1  # its output size is the sum of the repeats
+        elif name.startswith(("aten.index.Tensor", "aten.index_put")) and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None
+        ):
+            self.count.syncs[f"{name}[bool]"] += 1  # a boolean mask is a nonzero first
+        return func(*args, **kwargs)
 
 
-def count_torch_ops(fn: Callable[[], object]) -> int:
-    """The number of torch operator calls ``fn()`` makes, its backward passes included.
+def count_torch_ops(fn: Callable[[], object]) -> OpCount:
+    """The torch operator calls ``fn()`` makes, its backward passes included, and those among them that would make
+    the host wait for an accelerator.
 
     Every operator reaches the dispatcher, so a Python loop over boxes or images adds at least one call per
     iteration: a count that does not grow with the number of boxes shows that the work per box is inside tensor
-    operations. Deterministic and device-independent, unlike a time.
+    operations. Deterministic and device-independent, unlike a time; run on CPU it counts the code path CPU
+    tensors take (device-dependent schedules, such as the assigner's, can be forced for the count).
     """
     with _OpCounter() as counter:
         fn()
-    return counter.calls
+    return counter.count

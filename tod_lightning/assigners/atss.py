@@ -226,7 +226,9 @@ class ATSSAssigner:
         no_box = torch.full((slots + 1,), num_gt, device=device)
         # Positives owned by each box (the last entry collects non-positives), updated per round from the
         # points that change hands, so a round costs O(G), not O(B * P).
-        owned = torch.bincount(torch.where(gt_index[:slots] >= 0, gt_index[:slots], num_gt), minlength=num_gt + 1)
+        # (index_add_, not bincount: bincount sizes its output by the maximum, a host sync on an accelerator)
+        owner = torch.where(gt_index[:slots] >= 0, gt_index[:slots], num_gt)  # (B * P,)
+        owned = torch.zeros(num_gt + 1, dtype=torch.long, device=device).index_add_(0, owner, torch.ones_like(owner))
         for rank in range(num_cand):
             if on_cpu:
                 # Only the lonely boxes (a host sync, free on CPU), and only the first rank + 1 of their ranking:
