@@ -221,10 +221,10 @@ def test_a_checkpoint_of_a_pretrained_recipe_loads_without_network(run, tmp_path
 
 def test_pretrained_flags_are_turned_off_for_loading(run):
     config = {"class_path": "IPG", "init_args": {"backbone": {"init_args": {"pretrained": True}}, "fusion": "sum"}}
-    cleaned, changed = export._without_pretrained(config)
+    cleaned, changed = export.without_pretrained(config)
     assert changed and cleaned["init_args"]["backbone"]["init_args"]["pretrained"] is False
     assert config["init_args"]["backbone"]["init_args"]["pretrained"] is True  # a copy
-    assert export._without_pretrained({"pretrained": False, "x": [1]}) == ({"pretrained": False, "x": [1]}, False)
+    assert export.without_pretrained({"pretrained": False, "x": [1]}) == ({"pretrained": False, "x": [1]}, False)
 
 
 def test_data_config_gives_categories_divisor_and_eval_size(run, tmp_path):

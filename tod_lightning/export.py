@@ -52,7 +52,7 @@ MAX_DYNAMIC_BATCH = 1024
 
 
 # ------------------------------------------------------------------------------------------ checkpoint
-def _without_pretrained(config: Any) -> tuple[Any, bool]:
+def without_pretrained(config: Any) -> tuple[Any, bool]:
     """A copy of a (nested) config with every ``pretrained: true`` set to false, and whether any was."""
     if isinstance(config, dict):
         changed = False
@@ -61,11 +61,11 @@ def _without_pretrained(config: Any) -> tuple[Any, bool]:
             if key == "pretrained" and value is True:
                 out[key], changed = False, True
             else:
-                out[key], sub = _without_pretrained(value)
+                out[key], sub = without_pretrained(value)
                 changed |= sub
         return out, changed
     if isinstance(config, list):
-        items = [_without_pretrained(v) for v in config]
+        items = [without_pretrained(v) for v in config]
         return [v for v, _ in items], any(c for _, c in items)
     return config, False
 
@@ -81,7 +81,7 @@ def load_task(ckpt_path: str):
     hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
     overrides = {}
     for key, value in hparams.items():
-        value, changed = _without_pretrained(value)
+        value, changed = without_pretrained(value)
         if changed:
             overrides[key] = value
     task = DetectionTask.load_from_checkpoint(ckpt_path, map_location="cpu", **overrides)
@@ -251,14 +251,15 @@ def export_onnx(
     if verify:
         onnx_detector = OnnxDetector(str(path), providers=["CPUExecutionProvider"])
         try:
-            verify_export(detector, lambda x: _flat(onnx_detector(x)), metadata, "ONNX")
+            verify_export(detector, lambda x: flat_outputs(onnx_detector(x)), metadata, "ONNX")
         except ExportVerificationError:
             os.remove(path)  # never leave a wrong model behind
             raise
     return metadata
 
 
-def _flat(output) -> tuple[torch.Tensor, ...]:
+def flat_outputs(output) -> tuple[torch.Tensor, ...]:
+    """A :class:`DetectorOutput` as the flat tuple of the exported graph's outputs (the order of ``output_names``)."""
     return (*output.cls_logits, *output.box_deltas, *output.quality_logits)
 
 
