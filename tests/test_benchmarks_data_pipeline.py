@@ -7,6 +7,12 @@ def test_smoke_table(capsys, load_benchmark):
     rows = load_benchmark("data_pipeline").main(["--smoke"])
     out = capsys.readouterr().out
     assert "| data | workers | loader img/s |" in out
-    assert [r["workers"] for r in rows] == [0, 1]
+    assert [(r["data"], r["workers"]) for r in rows] == [
+        ("synthetic 64x64", 0),
+        ("synthetic 64x64", 1),
+        ("tiles 64/16 of 96x128", 0),
+        ("tiles 64/16 of 96x128", 1),
+    ]
+    assert all(r["batch"] == 2 for r in rows)  # tiles are samples like images
     for r in rows:
         assert math.isfinite(r["loader"]) and r["loader"] > 0 and r["model"] > 0
