@@ -1,6 +1,6 @@
 """ONNX export: export and verification time, file size, and raw-output latency of PyTorch vs onnxruntime.
 
-    python benchmarks/export.py                  # quickstart and aitod_r50, ~3 minutes on 2 CPU cores
+    python benchmarks/export.py                  # quickstart and aitod_r50, under 2 minutes on 2 CPU cores
     python benchmarks/export.py --smoke          # the quickstart at 64x64, seconds
 
 Models: the detectors of ``configs/quickstart.yaml`` (ResNet-18, FPN P2-P4 64 ch, 2 head convs) and
@@ -10,7 +10,7 @@ turned off: latency does not depend on the values). Each is exported as ``python
 verified against PyTorch as the export does by default (:func:`~tod_lightning.export.verify_export`, timed apart).
 
 Latency: the raw dense outputs of a batch of 1 (post-processing is the same code on both sides and is left out),
-median of ``--runs`` runs after 2 warm-up runs, each input size on both runtimes in turn: PyTorch in eval mode
+median of ``--runs`` runs after 2 warm-up runs, per input size PyTorch first, then onnxruntime: PyTorch in eval mode
 under ``torch.no_grad()`` (``RawOutputs``, the module that is exported) and onnxruntime through
 :class:`~tod_lightning.models.onnx_detector.OnnxDetector` (CPU provider), both with the same number of threads.
 Sizes are rounded up to the model's size divisor (800 -> 832 for divisor 64).
