@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms, box_iou, nms
 
-from tod_lightning.ops.nms import _candidate_pairs, sparse_batched_nms
+from tod_lightning.ops.nms import _candidate_pairs, _runs, sparse_batched_nms
 
 
 def _scene(n: int, size: float, seed: int, big: int = 0, integer: bool = False, tied: bool = False):
@@ -57,8 +57,8 @@ def test_same_boxes_kept_as_torchvision(n, size, threshold, big, integer, tied):
 @pytest.mark.parametrize(
     "big,threshold,one_bucket",
     [
-        (10, 0.5, False),  # several size levels: the upper ones search all 9 cells (partners of lower buckets)
-        (0, 0.6, True),  # one level, no lower partners: the half stencil (own cell and the 4 after it)
+        (10, 0.5, False),  # several size levels: boxes of lower buckets search all 9 cells of the level above
+        (0, 0.6, True),  # one level: only its own pairs (own cell's followers and the 4 cells after it)
         (0, 0.3, False),
     ],
 )
@@ -78,6 +78,19 @@ def test_every_suppressing_pair_is_a_candidate_pair_once(big, threshold, one_buc
     assert all((i, j) in pairs or (j, i) in pairs for i, j in zip(a.tolist(), b.tolist()))
 
 
+def test_runs_lists_every_slot_of_every_run():
+    g = torch.Generator().manual_seed(0)
+    count = torch.randint(0, 4, (500,), generator=g) * (torch.rand(500, generator=g) < 0.5)  # many empty runs
+    start = torch.randint(0, 10_000, (500,), generator=g)
+    entry, run, slot = _runs(start, count)
+    owner = torch.repeat_interleave(torch.arange(500), count)  # the reference: run after run
+    assert torch.equal(entry.index_select(0, run), owner)
+    offset = torch.arange(len(owner)) - (torch.cumsum(count, 0) - count).index_select(0, owner)
+    assert torch.equal(slot, start.index_select(0, owner) + offset)
+    none = _runs(start, torch.zeros_like(count))
+    assert all(t.numel() == 0 for t in none)
+
+
 def test_small_inputs_and_low_thresholds_use_torchvision():
     boxes, scores, groups = _scene(500, 200, seed=1)
     assert torch.equal(sparse_batched_nms(boxes, scores, groups, 0.6), batched_nms(boxes, scores, groups, 0.6))
@@ -93,7 +106,9 @@ def test_dispatch_takes_the_sparse_path_only_for_large_groups(monkeypatch):
     calls = []
     monkeypatch.setattr(module, "sparse_batched_nms", lambda *a: calls.append(len(a[0])) or module.batched_nms(*a))
     boxes, scores, groups = _scene(5000, 600, seed=5)
-    module.class_aware_nms(boxes, scores, groups, 0.6)  # 8 groups of ~625: torchvision's kernel
+    module.class_aware_nms(boxes, scores, torch.arange(5000) % 32, 0.6)  # 32 groups of ~150: torchvision's kernel
+    assert calls == []
+    module.class_aware_nms(boxes[:900], scores[:900], torch.zeros(900, dtype=torch.long), 0.6)  # under 1000 boxes
     assert calls == []
     module.class_aware_nms(boxes, scores, torch.zeros_like(groups), 0.6)  # one group of 5000: sparse
     assert calls == [5000]

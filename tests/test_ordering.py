@@ -1,9 +1,16 @@
-"""Stable orders from unstable sorts equal torch's stable sort, ties and signed zeros included."""
+"""Stable orders from unstable sorts equal torch's stable sort, ties and signed zeros included; numpy's nonzero
+equals torch's."""
 
 import pytest
 import torch
 
-from tod_lightning.ops.ordering import argsort_unstable, first_in_order, float_ordinal, stable_descending_order
+from tod_lightning.ops.ordering import (
+    argsort_unstable,
+    first_in_order,
+    float_ordinal,
+    nonzero_1d,
+    stable_descending_order,
+)
 
 
 def _tied_values(shape, seed):
@@ -44,3 +51,12 @@ def test_argsort_unstable_sorts():
     keys = torch.randperm(10000) * 3 - 5000
     order = argsort_unstable(keys)
     assert order.dtype == torch.int64 and torch.equal(keys[order], torch.sort(keys).values)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 1.0])
+def test_nonzero_1d_equals_torch_nonzero(density):
+    mask = torch.rand(10_000, generator=torch.Generator().manual_seed(3)) < density
+    expected = mask.nonzero().squeeze(1)
+    got = nonzero_1d(mask)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    assert torch.equal(nonzero_1d(mask[::3]), mask[::3].nonzero().squeeze(1))  # a strided view

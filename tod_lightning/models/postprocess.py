@@ -9,6 +9,7 @@ from torch import Tensor
 
 from tod_lightning.ops.boxes import PointBoxCoder
 from tod_lightning.ops.nms import class_aware_nms
+from tod_lightning.ops.ordering import nonzero_1d
 from tod_lightning.ops.points import level_points
 from tod_lightning.structures import Detections, DetectorOutput
 
@@ -76,7 +77,7 @@ class PostProcessor:
         start = 0
         for cls_map, quality_map, box_map in zip(output.cls_logits, output.quality_logits, output.box_deltas):
             num_classes, h, w = cls_map.shape[1:]
-            entry = (cls_map > cut).flatten().nonzero().squeeze(1)  # (N_l,) flat (image, class, row, column)
+            entry = nonzero_1d((cls_map > cut).flatten())  # (N_l,) flat (image, class, row, column)
             pixel, image_class = entry % (h * w), torch.div(entry, h * w, rounding_mode="floor")
             image = torch.div(image_class, num_classes, rounding_mode="floor")
             image_idx.append(image)
@@ -90,7 +91,7 @@ class PostProcessor:
             start += h * w
         image_idx, point_idx, labels = torch.cat(image_idx), torch.cat(point_idx), torch.cat(labels)  # (N,)
         scores = (torch.cat(cls_logit).float().sigmoid() * torch.cat(quality_logit).float().sigmoid()).sqrt()
-        passing = (scores > self.score_thresh).nonzero().squeeze(1)
+        passing = nonzero_1d(scores > self.score_thresh)
         image_idx, point_idx, labels, scores = (
             t.index_select(0, passing) for t in (image_idx, point_idx, labels, scores)
         )
@@ -106,7 +107,7 @@ class PostProcessor:
         )  # (N, 4)
         limits = image_sizes.to(boxes_xyxy).flip(-1).repeat(1, 2).index_select(0, image_idx)  # (N, 4) as (w, h, w, h)
         boxes_xyxy = torch.minimum(boxes_xyxy.clamp(min=0), limits)
-        keep = ((boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])).nonzero().squeeze(1)
+        keep = nonzero_1d((boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1]))
         return tuple(t.index_select(0, keep) for t in (boxes_xyxy, scores, labels, image_idx))  # non-empty after clip
 
 

@@ -10,18 +10,19 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from tod_lightning.ops.boxes import paired_box_iou
-from tod_lightning.ops.ordering import argsort_unstable, stable_descending_order
+from tod_lightning.ops.ordering import argsort_unstable, nonzero_1d, stable_descending_order
 
 
 def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """``torchvision.ops.batched_nms``, or the same greedy NMS on a sparse overlap graph where that is faster.
 
     torchvision's CPU kernel compares each kept box with every later box of its group, so its time grows with the
-    square of the group sizes, about 1 ns x sum of n_g^2 on the 2-core machine of ``benchmarks/nms.py`` (0.6 ns with
-    the exact duplicates of post-processing outputs, whose suppressed boxes it skips). The sparse path costs about
-    2 ms + 0.4 us x N there. It is taken on CPU when ``sum(n_g^2) > 2e6 + 400 N``: e.g. post-processing of 2 images
-    with 2000 tiny objects each (15k candidates, ~2000 per (image, class) group: 19 -> 6-9 ms), a sliced-inference
-    merge, one class of 2000 boxes; torchvision's kernel below that (groups of a few hundred) and always on GPU.
+    square of the group sizes: 0.6-2 ns x sum of n_g^2 on the 2-core machine of ``benchmarks/nms.py`` (the low end
+    with the exact duplicates of post-processing outputs, whose suppressed boxes it skips), plus ~0.15 us per box.
+    The sparse path costs about 0.5 ms + 0.25-0.45 us x N there. It is taken on CPU when
+    ``sum(n_g^2) > 1e6 + 100 N``: e.g. post-processing of 2 images with 500 or more tiny objects each (5k
+    candidates, ~600 per (image, class) group), a sliced-inference merge, one class of 1000 boxes; torchvision's
+    kernel below that (groups of a few hundred) and always on GPU.
     Both give the same kept set (``tests/test_nms.py``); the order of equal scores may differ, as it may between
     torchvision's own paths.
     """
@@ -31,11 +32,11 @@ def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thre
 
 
 def sparse_is_faster(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> bool:
-    """The dispatch of :func:`class_aware_nms`: on CPU, ``sum(n_g^2) > 2e6 + 400 N`` (estimated costs)."""
+    """The dispatch of :func:`class_aware_nms`: on CPU, ``sum(n_g^2) > 1e6 + 100 N`` (estimated costs)."""
     if boxes_xyxy.device.type != "cpu" or not _sparse_applies(boxes_xyxy.shape[0], iou_threshold):
         return False  # host-known: no bincount for the many small calls
     sizes = torch.bincount(groups - groups.min()).double()  # (K,) boxes per group (ids are compact: image, class)
-    return float((sizes * sizes).sum()) > 2e6 + 400.0 * boxes_xyxy.shape[0]
+    return float((sizes * sizes).sum()) > 1e6 + 100.0 * boxes_xyxy.shape[0]
 
 
 def _sparse_applies(num_boxes: int, iou_threshold: float) -> bool:
@@ -51,10 +52,12 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
 
     1. Pairs. IoU > t implies the widths (and heights) are within a factor 1/t of each other, so boxes are bucketed
        by ``ceil(log2(longest side))`` and a box is paired only with boxes of buckets up to ``ceil(log2(1/t))``
-       below its own. IoU > t also puts the centres less than (1 - t) x the larger side apart, so partners are
-       found in the 3x3 cells around the box in a grid of cells (1 - t) x its bucket's size (a dense table of
-       cells, no search). A bucket with few boxes joins the next larger one (one pass of tensor ops fewer). Each
-       pair is scored once with the CPU kernel's arithmetic, ``inter / (area_i + area_j - inter)``.
+       below its own. IoU > t also puts the centres less than (1 - t) x the larger side apart, so partners lie in
+       the 3x3 cells around a box in a grid of cells (1 - t) x its bucket's size: a dense table of cells per
+       bucket, no search. Each pair is listed once: in one cell, a box with the boxes after it in the table;
+       across cells, from the lower cell (its own cell's followers and the 4 cells after it); a box of a lower
+       bucket searches all 9 cells around it. A bucket with few boxes joins the next larger one (one table
+       fewer). Each pair is scored once with the CPU kernel's arithmetic, ``inter / (area_i + area_j - inter)``.
     2. Greedy rounds on the graph of pairs with IoU > t, oriented from the higher-ranked box (score, then index,
        as torchvision's stable sort): a box whose higher-ranked neighbours are all decided is kept if none of them
        was kept, suppressed otherwise (one ``scatter_reduce`` per round). Every round decides at least the best
@@ -75,16 +78,15 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
         return batched_nms(boxes_xyxy, scores, groups, iou_threshold)  # NaN, inf or absurd coordinates included
     device = boxes_xyxy.device
     order = stable_descending_order(scores)  # (N,) torchvision's processing order: by score, ties by index
-    rank = torch.empty_like(order).index_copy_(0, order, torch.arange(num, device=device))  # (N,) inverse
+    # Renumbered in that order, so that the lower index of a pair is the box processed first.
+    boxes_xyxy, groups = boxes_xyxy.index_select(0, order), groups.index_select(0, order)
     first, second = _candidate_pairs(boxes_xyxy, groups, iou_threshold)  # (E,), (E,) each pair once
     iou = paired_box_iou(boxes_xyxy.index_select(0, first), boxes_xyxy.index_select(0, second))  # (E,)
-    hit = (iou.double() > iou_threshold).nonzero().squeeze(1)  # the kernel compares the float IoU with a double
+    hit = nonzero_1d(iou.double() > iou_threshold)  # the kernel compares the float IoU with a double
     first, second = first.index_select(0, hit), second.index_select(0, hit)
-    # Edge from the higher-ranked box (it is processed first) to the lower-ranked one.
-    swap = rank.index_select(0, first) > rank.index_select(0, second)
-    src, dst = torch.where(swap, second, first), torch.where(swap, first, second)  # (E',)
+    src, dst = torch.minimum(first, second), torch.maximum(first, second)  # (E',) from the box processed first
 
-    # States ordered so that the strongest incoming state decides: a kept higher-ranked neighbour suppresses,
+    # States ordered so that the strongest incoming state decides: a kept earlier neighbour suppresses,
     # else an undecided one makes the box wait, else (suppressed neighbours or none) the box is kept.
     undecided, kept = 1, 2  # and suppressed = 0
     state = torch.full((num,), undecided, dtype=torch.uint8, device=device)
@@ -93,10 +95,7 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
         state = torch.where(state == undecided, kept - strongest, state)  # kept -> suppressed, undecided -> wait
         if not bool((state == undecided).any()):
             break
-    return order[state[order] == kept]
-
-
-_NEIGHBOURS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)]
+    return order.index_select(0, nonzero_1d(state == kept))  # kept, in processing order
 
 
 def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
@@ -137,49 +136,60 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
     firsts, seconds = [], []
     for low_bucket, level_bucket in levels:  # a handful of size buckets, not boxes
         level = smallest + level_bucket
-        sources = by_bucket[end[low_bucket] - per_bucket[low_bucket] : end[level_bucket]]  # (S,) this level's boxes
-        first_partner = max(low_bucket - span, 0)
-        partners = by_bucket[end[first_partner] - per_bucket[first_partner] : end[level_bucket]]  # (M,) incl. sources
+        first_partner = max(low_bucket - span, 0)  # partners lie up to `span` buckets below the level's lowest
+        lower_start, level_start = (end[b] - per_bucket[b] for b in (first_partner, low_bucket))
+        # (M,) = (L,) boxes of the lower buckets, then (S,) the level's own boxes.
+        partners = by_bucket[lower_start : end[level_bucket]]
+        num_lower = level_start - lower_start
         cell = fraction * 2.0**level
         while True:  # a sparse level gets coarser cells, so that the table stays about as small as its boxes
             cell_xy = torch.floor(centers.index_select(0, partners) / cell).long()  # (M, 2)
             low = cell_xy.min(0).values
-            # One empty cell of margin on each side, so that every source's 3x3 neighbours are in the table.
+            # One empty cell of margin on each side, so that every box's 3x3 neighbours are in the table.
             grid_x, grid_y = (cell_xy.max(0).values - low + 3).tolist()
             if num_groups * grid_x * grid_y <= 4 * len(partners) + 65536:
                 break
             cell *= 2.0
-        # Dense table over (group, cell x, cell y): partners sorted by cell, and each cell's first slot and count.
         xy = cell_xy - low + 1
         partner_cell = (group_of.index_select(0, partners) * grid_x + xy[:, 0]) * grid_y + xy[:, 1]  # (M,)
-        by_cell = argsort_unstable(partner_cell)  # the order within a cell does not matter
-        partner_cell, partners = partner_cell.index_select(0, by_cell), partners.index_select(0, by_cell)
-        cell_count = torch.bincount(partner_cell, minlength=num_groups * grid_x * grid_y)
-        cell_start = torch.cumsum(cell_count, 0) - cell_count
-        xy = torch.floor(centers.index_select(0, sources) / cell).long() - low + 1  # (S, 2)
-        source_cell = (group_of.index_select(0, sources) * grid_x + xy[:, 0]) * grid_y + xy[:, 1]  # (S,)
-        # Partners of lower buckets are not sources here: each source searches all 9 cells around it. Without
-        # them (partners == sources) half of them suffice, as a pair of different cells is then found from the
-        # source in the lower cell: its own cell and the 4 cells after it (+x column, and +y in its column).
-        half = first_partner == low_bucket
-        stencil = [(0, 0), (1, -1), (1, 0), (1, 1), (0, 1)] if half else [(0, 0), *_NEIGHBOURS]
-        around = torch.tensor([dx * grid_y + dy for dx, dy in stencil], device=device)
-        wanted = (source_cell[:, None] + around).reshape(-1)  # (S * len(stencil),) the cells around every source
-        count = cell_count.index_select(0, wanted)
-        # One block of pairs per (source, cell): the block of every pair, then its partner's slot in the table.
-        block = torch.repeat_interleave(torch.arange(len(wanted), device=device), count)  # (E,)
-        block_first = torch.cumsum(count, 0) - count  # the first pair of each block
-        slot = (cell_start.index_select(0, wanted) - block_first).index_select(0, block)
-        slot += torch.arange(len(block), device=device)
-        src = sources.index_select(0, torch.div(block, len(stencil), rounding_mode="floor"))  # (E,)
-        dst = partners.index_select(0, slot)  # (E,)
-        # Each unordered pair once. A pair in one cell is found from both ends: keep index order. With the full
-        # stencil so is a pair of two of the level's boxes in different cells, while a pair with a box of a lower
-        # level is found from this one only; with the half stencil a pair of different cells is found once.
-        if half:
-            once = ((block % len(stencil) != 0) | (src < dst)).nonzero().squeeze(1)
-        else:
-            once = ((bucket.index_select(0, dst) < smallest + low_bucket) | (src < dst)).nonzero().squeeze(1)
-        firsts.append(src.index_select(0, once))
-        seconds.append(dst.index_select(0, once))
+        lower, lower_cell = partners[:num_lower], partner_cell[:num_lower]
+        # Dense table over (group, cell x, cell y) of the level's boxes: sorted by cell, each cell's end and count.
+        by_cell = argsort_unstable(partner_cell[num_lower:])  # the order within a cell does not matter
+        source_cell = partner_cell[num_lower:].index_select(0, by_cell)  # (S,) ascending
+        sources = partners[num_lower:].index_select(0, by_cell)  # (S,) the level's boxes in table order
+        cell_count = torch.bincount(source_cell, minlength=num_groups * grid_x * grid_y)
+        cell_end = torch.cumsum(cell_count, 0)
+        cell_start = cell_end - cell_count
+        # Pairs of two of the level's boxes, each once: in one cell, a box with the boxes after it in the table;
+        # across cells, from the box in the lower cell: its 4 cells after (+x column, and +y in its own column).
+        after = torch.tensor([grid_y - 1, grid_y, grid_y + 1, 1], device=device)
+        wanted = (after[:, None] + source_cell).reshape(-1)  # (4 * S,) cell after cell, each for every box
+        position = torch.arange(len(sources), device=device)
+        own_count = cell_end.index_select(0, source_cell) - position - 1  # (S,) boxes after it in its own cell
+        start = torch.cat([position + 1, cell_start.index_select(0, wanted)])  # (5 * S,) runs of table slots
+        count = torch.cat([own_count, cell_count.index_select(0, wanted)])  # (5 * S,)
+        entry, run, slot = _runs(start, count)  # (Q',) non-empty runs; (E,) the run and table slot of each pair
+        firsts.append(sources.index_select(0, entry % len(sources)).index_select(0, run))
+        seconds.append(sources.index_select(0, slot))
+        if num_lower:  # a box of a lower bucket (not in the table) with the level's boxes in all 9 cells around it
+            around = torch.tensor([dx * grid_y + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1)], device=device)
+            wanted = (around[:, None] + lower_cell).reshape(-1)  # (9 * L,)
+            entry, run, slot = _runs(cell_start.index_select(0, wanted), cell_count.index_select(0, wanted))
+            firsts.append(lower.index_select(0, entry % len(lower)).index_select(0, run))
+            seconds.append(sources.index_select(0, slot))
     return torch.cat(firsts), torch.cat(seconds)
+
+
+def _runs(start: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Every slot of the runs ``[start, start + count)``, run after run: ``(Q,), (Q,) -> (Q',), (E,), (E,)``, the
+    non-empty runs, the one of each slot (a position in the first) and the slot, ``E = sum(count)``. The work of
+    ``torch.repeat_interleave`` without its 4x slower CPU kernel: a marker at each run's first slot and a
+    cumulative sum number the runs."""
+    nonempty = nonzero_1d(count > 0)  # (Q',) a run starts at each of them, so the markers below never collide
+    start, count = start.index_select(0, nonempty), count.index_select(0, nonempty)
+    first = torch.cumsum(count, 0)  # (Q',) the end of each run in the output, then its first slot
+    total = int(first[-1]) if len(first) else 0
+    first -= count
+    run = torch.zeros(total, dtype=torch.long, device=count.device).index_fill_(0, first, 1).cumsum_(0).sub_(1)
+    slot = (start - first).index_select(0, run).add_(torch.arange(total, device=count.device))  # (E,)
+    return nonempty, run, slot

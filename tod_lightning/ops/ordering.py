@@ -1,4 +1,5 @@
-"""Stable orderings from fast unstable sorts: floats mapped to order-preserving integers made unique by position."""
+"""Index primitives, fast on CPU: stable orderings from unstable sorts (floats mapped to order-preserving integers
+made unique by position), numpy's argsort and nonzero where torch's CPU kernels are slow."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ def argsort_unstable(keys: Tensor) -> Tensor:
     if keys.device.type == "cpu":
         return torch.from_numpy(np.argsort(keys.numpy()))
     return torch.sort(keys).indices
+
+
+def nonzero_1d(mask: Tensor) -> Tensor:
+    """``(N,)`` bool -> ``(K,)`` int64 positions of the true entries: numpy's on CPU (4x faster than
+    ``torch.nonzero`` for 10^5 entries on the 2-core machine of ``benchmarks/``), ``torch.nonzero`` elsewhere."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
 
 
 def stable_descending_order(values: Tensor) -> Tensor:
