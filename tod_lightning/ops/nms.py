@@ -16,13 +16,14 @@ from tod_lightning.ops.ordering import argsort_unstable, nonzero_1d, stable_desc
 def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """``torchvision.ops.batched_nms``, or the same greedy NMS on a sparse overlap graph where that is faster.
 
-    torchvision's CPU kernel compares each kept box with every later box of its group, so its time grows with the
-    square of the group sizes: 0.6-2 ns x sum of n_g^2 on the 2-core machine of ``benchmarks/nms.py`` (the low end
-    with the exact duplicates of post-processing outputs, whose suppressed boxes it skips), plus ~0.15 us per box.
-    The sparse path costs about 0.5 ms + 0.25-0.45 us x N there. It is taken on CPU when
-    ``sum(n_g^2) > 1e6 + 100 N``: e.g. post-processing of 2 images with 500 or more tiny objects each (5k
-    candidates, ~600 per (image, class) group), a sliced-inference merge, one class of 1000 boxes; torchvision's
-    kernel below that (groups of a few hundred) and always on GPU.
+    torchvision's ``batched_nms`` runs its CPU kernel group by group (from 1000 boxes), ~35 us per group, and the
+    kernel compares each kept box with every later box of its group, 0.6-2 ns x sum of n_g^2 on the 2-core machine
+    of ``benchmarks/nms.py`` (the low end with the exact duplicates of post-processing outputs, whose suppressed
+    boxes it skips). The sparse path costs about 1 ms + 0.25 us x N there. It is taken on CPU when that estimate
+    is lower, ``sum(n_g^2) + 35000 K > 1e6 + 250 N`` (K groups, N boxes, in ns): e.g. post-processing of 2
+    images with 500 or more tiny objects each (5k candidates, ~600 per (image, class) group) or of a batch of 8
+    (32 groups), a sliced-inference merge, one class of 1500 boxes; torchvision's kernel below that and always on
+    GPU.
     Both give the same kept set (``tests/test_nms.py``); the order of equal scores may differ, as it may between
     torchvision's own paths.
     """
@@ -32,11 +33,12 @@ def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thre
 
 
 def sparse_is_faster(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> bool:
-    """The dispatch of :func:`class_aware_nms`: on CPU, ``sum(n_g^2) > 1e6 + 100 N`` (estimated costs)."""
+    """The dispatch of :func:`class_aware_nms`: on CPU, ``sum(n_g^2) + 35000 K > 1e6 + 250 N`` (estimated ns)."""
     if boxes_xyxy.device.type != "cpu" or not _sparse_applies(boxes_xyxy.shape[0], iou_threshold):
         return False  # host-known: no bincount for the many small calls
-    sizes = torch.bincount(groups - groups.min()).double()  # (K,) boxes per group (ids are compact: image, class)
-    return float((sizes * sizes).sum()) > 1e6 + 100.0 * boxes_xyxy.shape[0]
+    sizes = torch.bincount(groups - groups.min()).double()  # (K',) boxes per group id (compact: image, class)
+    torchvision_ns = float((sizes * sizes).sum()) + 35000.0 * float((sizes > 0).sum())
+    return torchvision_ns > 1e6 + 250.0 * boxes_xyxy.shape[0]
 
 
 def _sparse_applies(num_boxes: int, iou_threshold: float) -> bool:
