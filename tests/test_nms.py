@@ -58,6 +58,7 @@ def test_same_boxes_kept_as_torchvision(n, size, threshold, big, integer, tied):
     "big,threshold,one_bucket",
     [
         (10, 0.5, False),  # several size levels: boxes of lower buckets search all 9 cells of the level above
+        (300, 0.5, False),  # mostly large boxes
         (0, 0.6, True),  # one level: only its own pairs (own cell's followers and the 4 cells after it)
         (0, 0.3, False),
     ],
@@ -75,6 +76,29 @@ def test_every_suppressing_pair_is_a_candidate_pair_once(big, threshold, one_buc
     same = groups[:, None] == groups[None, :]
     a, b = ((iou > threshold) & same).triu(diagonal=1).nonzero().T
     assert len(a) > 100
+    assert all((i, j) in pairs or (j, i) in pairs for i, j in zip(a.tolist(), b.tolist()))
+
+
+@pytest.mark.parametrize("low,high", [(14.0, 16.8), (14.5, 17.5)])
+def test_pairs_across_size_buckets_are_found_once(low, high):
+    """Objects of sides around 16 px (the border of two size buckets) with jittered duplicates in one group each:
+    many suppressing pairs join a box of one bucket to a box of the next (the lower bucket searches the 9 cells
+    around its boxes in the upper one's table), with fewer (42 %) or more (62 %) boxes in the upper bucket."""
+    g = torch.Generator().manual_seed(7)
+    centers = torch.rand(600, 2, generator=g) * 400
+    side = low + (high - low) * torch.rand(600, 1, generator=g)
+    boxes = torch.cat([centers - side / 2, centers + side / 2], 1)[:, None] + torch.randn(600, 5, 4, generator=g) * 0.4
+    boxes = boxes.reshape(-1, 4)
+    groups = torch.arange(600).repeat_interleave(5) % 3  # the duplicates of an object share its group
+    longest = (boxes[:, 2:] - boxes[:, :2]).max(1).values
+    upper = longest > 16
+    assert 0.25 < upper.float().mean() < 0.75  # two levels: neither bucket joins the other
+    first, second = _candidate_pairs(boxes, groups, 0.5)
+    pairs = set(zip(first.tolist(), second.tolist()))
+    assert len(pairs) == len(first) and not any((b, a) in pairs for a, b in pairs)
+    a, b = ((box_iou(boxes, boxes) > 0.5) & (groups[:, None] == groups[None, :])).triu(diagonal=1).nonzero().T
+    across = upper[a] != upper[b]
+    assert int(across.sum()) > 300
     assert all((i, j) in pairs or (j, i) in pairs for i, j in zip(a.tolist(), b.tolist()))
 
 

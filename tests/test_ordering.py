@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tod_lightning.ops.ordering import (
+    argsort_small_ints,
     argsort_unstable,
     first_in_order,
     float_ordinal,
@@ -60,3 +61,9 @@ def test_nonzero_1d_equals_torch_nonzero(density):
     got = nonzero_1d(mask)
     assert got.dtype == torch.int64 and torch.equal(got, expected)
     assert torch.equal(nonzero_1d(mask[::3]), mask[::3].nonzero().squeeze(1))  # a strided view
+
+
+def test_argsort_small_ints_is_a_stable_sort():
+    keys = torch.randint(0, 40, (20_000,), generator=torch.Generator().manual_seed(5))
+    order = argsort_small_ints(keys)
+    assert order.dtype == torch.int64 and torch.equal(order, torch.sort(keys, stable=True).indices)

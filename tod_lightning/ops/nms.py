@@ -10,7 +10,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from tod_lightning.ops.boxes import paired_box_iou
-from tod_lightning.ops.ordering import argsort_unstable, nonzero_1d, stable_descending_order
+from tod_lightning.ops.ordering import argsort_small_ints, argsort_unstable, nonzero_1d, stable_descending_order
 
 
 def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
@@ -121,7 +121,7 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
     fraction = min(1.0, 1.01 * (1.0 - iou_threshold))
     # Boxes sorted by bucket, so that every level's sources and partners are slices, not searches.
     smallest = int(bucket.min())
-    by_bucket = argsort_unstable(bucket)
+    by_bucket = argsort_small_ints(bucket - smallest)  # buckets span a few dozen values (side < 2^40)
     per_bucket = torch.bincount(bucket - smallest).tolist()  # boxes per bucket, from the smallest
     end = list(itertools.accumulate(per_bucket))
     # Levels of consecutive buckets, from the largest down: a bucket with under a quarter of the boxes of the

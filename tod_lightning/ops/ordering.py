@@ -22,6 +22,14 @@ def argsort_unstable(keys: Tensor) -> Tensor:
     return torch.sort(keys).indices
 
 
+def argsort_small_ints(keys: Tensor) -> Tensor:
+    """Stable argsort of 1-d integer keys in ``[0, 2^15)``: numpy's radix sort of int16 on CPU (5x faster than
+    its introsort for 2 x 10^4 keys of a few distinct values), ``torch.sort`` elsewhere."""
+    if keys.device.type == "cpu":
+        return torch.from_numpy(np.argsort(keys.to(torch.int16).numpy(), kind="stable"))
+    return torch.sort(keys, stable=True).indices
+
+
 def nonzero_1d(mask: Tensor) -> Tensor:
     """``(N,)`` bool -> ``(K,)`` int64 positions of the true entries: numpy's on CPU (4x faster than
     ``torch.nonzero`` for 10^5 entries on the 2-core machine of ``benchmarks/``), ``torch.nonzero`` elsewhere."""
