@@ -58,7 +58,7 @@ def test_same_boxes_kept_as_torchvision(n, size, threshold, big, integer, tied):
     "big,threshold,one_bucket",
     [
         (10, 0.5, False),  # several size levels: boxes of lower buckets search all 9 cells of the level above
-        (300, 0.5, False),  # mostly large boxes
+        (300, 0.5, False),  # mostly large boxes: fewer lower-bucket boxes than level boxes
         (0, 0.6, True),  # one level: only its own pairs (own cell's followers and the 4 cells after it)
         (0, 0.3, False),
     ],

@@ -21,9 +21,9 @@ def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thre
     of ``benchmarks/nms.py`` (the low end with the exact duplicates of post-processing outputs, whose suppressed
     boxes it skips). The sparse path costs about 1 ms + 0.25 us x N there. It is taken on CPU when that estimate
     is lower, ``sum(n_g^2) + 35000 K > 1e6 + 250 N`` (K groups, N boxes, in ns): e.g. post-processing of 2
-    images with 500 or more tiny objects each (5k candidates, ~600 per (image, class) group) or of a batch of 8
-    (32 groups), a sliced-inference merge, one class of 1500 boxes; torchvision's kernel below that and always on
-    GPU.
+    images with 500 or more tiny objects each (5k candidates, ~600 per (image, class) group) or of 8 images with
+    500 each (32 groups), a sliced-inference merge, one class of 1500 boxes; torchvision's kernel below that and
+    always on GPU.
     Both give the same kept set (``tests/test_nms.py``); the order of equal scores may differ, as it may between
     torchvision's own paths.
     """
