@@ -9,6 +9,7 @@ from tod_lightning.ops.ordering import (
     argsort_unstable,
     first_in_order,
     float_ordinal,
+    index_rows,
     nonzero_1d,
     stable_descending_order,
 )
@@ -67,3 +68,30 @@ def test_argsort_small_ints_is_a_stable_sort():
     keys = torch.randint(0, 40, (20_000,), generator=torch.Generator().manual_seed(5))
     order = argsort_small_ints(keys)
     assert order.dtype == torch.int64 and torch.equal(order, torch.sort(keys, stable=True).indices)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.rand(500, 4),  # boxes: 16-byte rows, one complex128 each
+        torch.rand(500, 2),  # points: 8-byte rows, one int64 each
+        torch.randint(-9, 9, (500, 2), dtype=torch.int32),
+        torch.rand(500, 4).half(),
+        torch.rand(500, 3),  # 12-byte rows: index_select
+        torch.rand(4, 500).T,  # not contiguous: index_select
+    ],
+    ids=["f32x4", "f32x2", "i32x2", "f16x4", "f32x3", "strided"],
+)
+def test_index_rows_equals_index_select(values):
+    index = torch.randint(0, len(values), (1200,), generator=torch.Generator().manual_seed(7))
+    got = index_rows(values, index)
+    assert got.dtype == values.dtype and torch.equal(got, values.index_select(0, index))
+    assert index_rows(values, index[:0]).shape == (0, values.shape[1])
+
+
+def test_index_rows_keeps_autograd():
+    values = torch.rand(50, 4, requires_grad=True)
+    index = torch.tensor([3, 3, 7])
+    index_rows(values, index).sum().backward()  # the wide-dtype view would cut the graph
+    assert values.grad[3].tolist() == [2.0] * 4 and values.grad[7].tolist() == [1.0] * 4
+    assert values.grad.sum() == 12

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from tod_lightning.ops.boxes import PointBoxCoder
 from tod_lightning.ops.nms import class_aware_nms
-from tod_lightning.ops.ordering import nonzero_1d
+from tod_lightning.ops.ordering import index_rows, nonzero_1d
 from tod_lightning.ops.points import level_points
 from tod_lightning.structures import Detections, DetectorOutput
 
@@ -51,7 +51,7 @@ class PostProcessor:
         counts = torch.bincount(kept_image, minlength=len(image_sizes)).tolist()  # host sync
         results = []
         for det_boxes, det_scores, det_labels in zip(
-            *(t.index_select(0, kept).split(counts) for t in (boxes_xyxy, scores, labels))
+            *(index_rows(t, kept).split(counts) for t in (boxes_xyxy, scores, labels))
         ):
             n = min(self.max_per_image, det_scores.numel())
             results.append(Detections(det_boxes[:n], det_scores[:n], det_labels[:n]))
@@ -95,20 +95,20 @@ class PostProcessor:
         image_idx, point_idx, labels, scores = (
             t.index_select(0, passing) for t in (image_idx, point_idx, labels, scores)
         )
-        deltas = torch.cat(deltas).float().index_select(0, passing)  # (N, 4)
+        deltas = index_rows(torch.cat(deltas).float(), passing)  # (N, 4)
         per_image = torch.bincount(image_idx, minlength=len(image_sizes))
         if len(image_idx) > 0 and int(per_image.max()) > self.pre_nms_topk:  # a host sync, only on this path
             best = _best_per_image(scores, image_idx, per_image, self.pre_nms_topk)  # ascending: the order stays
             image_idx, point_idx, labels, scores, deltas = (
-                t.index_select(0, best) for t in (image_idx, point_idx, labels, scores, deltas)
+                index_rows(t, best) for t in (image_idx, point_idx, labels, scores, deltas)
             )
         boxes_xyxy = self.coder.decode(
-            deltas, points_xy.index_select(0, point_idx), point_strides.index_select(0, point_idx)
+            deltas, index_rows(points_xy, point_idx), point_strides.index_select(0, point_idx)
         )  # (N, 4)
-        limits = image_sizes.to(boxes_xyxy).flip(-1).repeat(1, 2).index_select(0, image_idx)  # (N, 4) as (w, h, w, h)
+        limits = index_rows(image_sizes.to(boxes_xyxy).flip(-1).repeat(1, 2), image_idx)  # (N, 4) as (w, h, w, h)
         boxes_xyxy = torch.minimum(boxes_xyxy.clamp(min=0), limits)
         keep = nonzero_1d((boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1]))
-        return tuple(t.index_select(0, keep) for t in (boxes_xyxy, scores, labels, image_idx))  # non-empty after clip
+        return tuple(index_rows(t, keep) for t in (boxes_xyxy, scores, labels, image_idx))  # non-empty after clip
 
 
 def _best_per_image(scores: Tensor, image_idx: Tensor, per_image: Tensor, k: int) -> Tensor:

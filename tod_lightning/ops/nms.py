@@ -10,7 +10,13 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from tod_lightning.ops.boxes import paired_box_iou
-from tod_lightning.ops.ordering import argsort_small_ints, argsort_unstable, nonzero_1d, stable_descending_order
+from tod_lightning.ops.ordering import (
+    argsort_small_ints,
+    argsort_unstable,
+    index_rows,
+    nonzero_1d,
+    stable_descending_order,
+)
 
 
 def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
@@ -81,9 +87,9 @@ def sparse_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_t
     device = boxes_xyxy.device
     order = stable_descending_order(scores)  # (N,) torchvision's processing order: by score, ties by index
     # Renumbered in that order, so that the lower index of a pair is the box processed first.
-    boxes_xyxy, groups = boxes_xyxy.index_select(0, order), groups.index_select(0, order)
+    boxes_xyxy, groups = index_rows(boxes_xyxy.contiguous(), order), groups.index_select(0, order)
     first, second = _candidate_pairs(boxes_xyxy, groups, iou_threshold)  # (E,), (E,) each pair once
-    iou = paired_box_iou(boxes_xyxy.index_select(0, first), boxes_xyxy.index_select(0, second))  # (E,)
+    iou = paired_box_iou(index_rows(boxes_xyxy, first), index_rows(boxes_xyxy, second))  # (E,)
     hit = nonzero_1d(iou.double() > iou_threshold)  # the kernel compares the float IoU with a double
     first, second = first.index_select(0, hit), second.index_select(0, hit)
     src, dst = torch.minimum(first, second), torch.maximum(first, second)  # (E',) from the box processed first
@@ -145,7 +151,7 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
         num_lower = level_start - lower_start
         cell = fraction * 2.0**level
         while True:  # a sparse level gets coarser cells, so that the table stays about as small as its boxes
-            cell_xy = torch.floor(centers.index_select(0, partners) / cell).long()  # (M, 2)
+            cell_xy = torch.floor(index_rows(centers, partners) / cell).long()  # (M, 2)
             low = cell_xy.min(0).values
             # One empty cell of margin on each side, so that every box's 3x3 neighbours are in the table.
             grid_x, grid_y = (cell_xy.max(0).values - low + 3).tolist()
@@ -179,6 +185,8 @@ def _candidate_pairs(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -
             entry, run, slot = _runs(cell_start.index_select(0, wanted), cell_count.index_select(0, wanted))
             firsts.append(lower.index_select(0, entry % len(lower)).index_select(0, run))
             seconds.append(sources.index_select(0, slot))
+    if len(firsts) == 1:  # one level, one run list: no copy
+        return firsts[0], seconds[0]
     return torch.cat(firsts), torch.cat(seconds)
 
 

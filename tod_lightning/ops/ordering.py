@@ -30,6 +30,23 @@ def argsort_small_ints(keys: Tensor) -> Tensor:
     return torch.sort(keys, stable=True).indices
 
 
+def index_rows(values: Tensor, index: Tensor) -> Tensor:
+    """``values.index_select(0, index)`` for a 2-d ``values`` whose rows are 8 or 16 bytes (2 or 4 float32 or
+    int32 columns, 4 half): on CPU each row is gathered as one int64/complex128 element, torch's 1-d gather loop,
+    2-3x faster for 10^4 rows of boxes than ``index_select``'s copy row by row. Bit-identical (a reinterpretation,
+    no arithmetic); no autograd through it, so a tensor that requires grad takes ``index_select``."""
+    row_bytes = values.shape[-1] * values.element_size() if values.dim() == 2 else 0
+    wide = {8: torch.int64, 16: torch.complex128}.get(row_bytes)
+    if (
+        wide is None
+        or values.device.type != "cpu"
+        or not values.is_contiguous()
+        or (values.requires_grad and torch.is_grad_enabled())
+    ):
+        return values.index_select(0, index)
+    return values.view(wide).view(-1).index_select(0, index).view(values.dtype).view(-1, values.shape[1])
+
+
 def nonzero_1d(mask: Tensor) -> Tensor:
     """``(N,)`` bool -> ``(K,)`` int64 positions of the true entries: numpy's on CPU (4x faster than
     ``torch.nonzero`` for 10^5 entries on the 2-core machine of ``benchmarks/``), ``torch.nonzero`` elsewhere."""
@@ -39,7 +56,19 @@ def nonzero_1d(mask: Tensor) -> Tensor:
 
 
 def stable_descending_order(values: Tensor) -> Tensor:
-    """``(N,)`` -> ``(N,)`` the order of ``values.sort(descending=True, stable=True)``: by value, ties by position."""
+    """``(N,)`` -> ``(N,)`` the order of ``values.sort(descending=True, stable=True)``: by value, ties by position.
+
+    On CPU a least-significant-digit radix sort of a 32-bit key in two stable 16-bit passes (numpy's radix sort of
+    uint16): 1.4x faster than an argsort of unique int64 keys and 7x faster than ``torch.sort`` for 2 x 10^4
+    scores on the 2-core machine of ``benchmarks/``.
+    """
+    if values.device.type == "cpu":
+        bits = (values.float() + 0.0).numpy().view(np.int32)  # as float_ordinal, in numpy (int32: no widening)
+        ordinal = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)  # signed order = value order
+        key = ordinal.view(np.uint32) ^ np.uint32(0x7FFFFFFF)  # unsigned, ascending = value descending
+        by_low = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+        by_high = np.argsort((key >> 16).astype(np.uint16)[by_low], kind="stable")  # stable: low digits decide ties
+        return torch.from_numpy(by_low[by_high])
     n = values.shape[0]
     keys = (2**31 - float_ordinal(values)) * n + torch.arange(n, device=values.device)  # unique, ascending = wanted
     return argsort_unstable(keys)
