@@ -11,7 +11,10 @@ photometric block), ``collate_detection`` (padding to 32). Images/s are counted 
 after the first (worker start-up and the first batch are excluded) for ``num_workers`` 0, 1, 2; "per
 worker" divides by max(1, workers). The tiled case trains on ``TileSpec(tile_size=512, overlap=64)`` tiles of
 generated 1500 x 2000 frames (the size of a VisDrone frame): each tile decodes its whole frame (``TileSpec``'s
-cost note), so its samples/s show what that costs.
+cost note), so its samples/s show what that costs; the same tiles again with ``train_frames_per_group=16`` (the
+tiles of 16 frames drawn together, each worker keeping 16 decoded frames: ``tod_lightning.data.frame_groups``)
+show what reusing the decodes saves. The timed batches lie in the first group, where every frame is decoded
+for the first time, so that figure is below the steady state (each worker decoding each frame of a group once).
 
 Model: the quickstart detector (ResNet-18 from scratch, FPN P2-P4 with 64 channels, DenseHead with 2 convs)
 with ``DetectionCriterion()`` and AdamW: forward + loss + backward + optimizer step on ONE collated batch
@@ -76,11 +79,18 @@ def model_rate(batch, num_classes: int, steps: int) -> tuple[float, list[float]]
     return len(batch) / statistics.median(times), times
 
 
-def run_dataset(name: str, spec: SyntheticSpec, tiling: TileSpec | None, cache_dir: str, args) -> list[dict]:
+def run_dataset(
+    name: str, spec: SyntheticSpec, tiling: TileSpec | None, frames_per_group: int, cache_dir: str, args
+) -> list[dict]:
     rows, first_batch, num_classes = [], None, spec.num_classes
     for workers in args.workers:
         datamodule = DetectionDataModule(
-            synthetic=spec, cache_dir=cache_dir, batch_size=args.batch_size, num_workers=workers, train_tiling=tiling
+            synthetic=spec,
+            cache_dir=cache_dir,
+            batch_size=args.batch_size,
+            num_workers=workers,
+            train_tiling=tiling,
+            train_frames_per_group=frames_per_group,
         )
         datamodule.setup("fit")
         rate, startup, first = loader_rate(datamodule, args.batches)
@@ -130,31 +140,40 @@ def main(argv: list[str] | None = None) -> list[dict]:
         tmp = tempfile.TemporaryDirectory()
         args.cache_dir, args.batch_size, args.batches, args.steps, args.workers = tmp.name, 2, 2, 1, [0, 1]
         datasets = [
-            ("synthetic 64x64", SyntheticSpec(image_size=64, num_train=8, num_val=0, max_objects=5), None),
+            ("synthetic 64x64", SyntheticSpec(image_size=64, num_train=8, num_val=0, max_objects=5), None, 0),
             (
                 "tiles 64/16 of 96x128",
                 SyntheticSpec(image_size=(96, 128), num_train=2, num_val=0, max_objects=5),
                 TileSpec(tile_size=64, overlap=16, empty_tile_ratio=1.0),
+                0,
+            ),
+            (
+                "tiles 64/16 of 96x128, 2 frames per group",
+                SyntheticSpec(image_size=(96, 128), num_train=2, num_val=0, max_objects=5),
+                TileSpec(tile_size=64, overlap=16, empty_tile_ratio=1.0),
+                2,
             ),
         ]
     else:
         datasets = [
-            ("quickstart 256x256", SyntheticSpec(), None),
+            ("quickstart 256x256", SyntheticSpec(), None, 0),
             (
                 f"generated {args.large_size}x{args.large_size}",
                 SyntheticSpec(image_size=args.large_size, num_train=args.large_images, num_val=0, density_side=256),
                 None,
-            ),
-            (
-                "tiles 512/64 of generated 1500x2000",
-                SyntheticSpec(image_size=(1500, 2000), num_train=8, num_val=0, density_side=256),
-                TileSpec(tile_size=512, overlap=64),
+                0,
             ),
         ]
+        frames = SyntheticSpec(image_size=(1500, 2000), num_train=32, num_val=0, density_side=256)
+        for frames_per_group in (0, 16):
+            name = "tiles 512/64 of generated 1500x2000" + (
+                f", {frames_per_group} frames per group" * bool(frames_per_group)
+            )
+            datasets.append((name, frames, TileSpec(tile_size=512, overlap=64), frames_per_group))
     rows = []
     try:
-        for name, spec, tiling in datasets:
-            rows += run_dataset(name, spec, tiling, args.cache_dir, args)
+        for name, spec, tiling, frames_per_group in datasets:
+            rows += run_dataset(name, spec, tiling, frames_per_group, args.cache_dir, args)
     finally:
         if tmp is not None:
             tmp.cleanup()

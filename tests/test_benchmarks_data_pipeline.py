@@ -12,6 +12,8 @@ def test_smoke_table(capsys, load_benchmark):
         ("synthetic 64x64", 1),
         ("tiles 64/16 of 96x128", 0),
         ("tiles 64/16 of 96x128", 1),
+        ("tiles 64/16 of 96x128, 2 frames per group", 0),
+        ("tiles 64/16 of 96x128, 2 frames per group", 1),
     ]
     assert all(r["batch"] == 2 for r in rows)  # tiles are samples like images
     for r in rows:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tod_lightning.data.collate import collate_detection
 from tod_lightning.data.dataset import DetectionDataset, ImageFolderDataset, MixTransform, Tiling
+from tod_lightning.data.frame_groups import FrameGroupedSampler
 from tod_lightning.data.splits import SplitSource
 from tod_lightning.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
 from tod_lightning.data.transforms import EvalTransform, TrainAugmentation
@@ -64,6 +65,12 @@ class DetectionDataModule(lightning.LightningDataModule):
         pin_memory: ``DataLoader(pin_memory=...)``.
         train_tiling: if set, the train split is cut into tiles by it (e.g. ``tod_lightning.data.TileSpec``);
             val/test/predict stay whole images (pair with the model's sliced inference).
+        train_frames_per_group: with ``train_tiling``, shuffle the frames and draw the tiles of this many frames
+            at a time (shuffled among themselves), and keep as many decoded frames in each loader worker, so that
+            a frame is decoded about once per worker and epoch instead of once per tile
+            (:mod:`tod_lightning.data.frame_groups`; memory: this many frames per worker). Use at least twice
+            ``batch_size`` (a warning says so below that): batches drawn from few frames train worse. ``0``: every
+            tile drawn from the whole split and decoded on its own.
         train_mixing: transforms that mix several training samples (``tod_lightning.data.Mosaic``,
             ``tod_lightning.data.TinyCopyPaste``), applied in order before ``train_augmentation``.
         strict: bad input (see :mod:`tod_lightning.data.problems`) raises an error naming the file and the
@@ -90,6 +97,7 @@ class DetectionDataModule(lightning.LightningDataModule):
         train_tiling: Tiling | None = None,
         train_mixing: list[MixTransform] | None = None,
         strict: bool = True,
+        train_frames_per_group: int = 0,
     ):
         super().__init__()
         if synthetic is not None:
@@ -110,6 +118,20 @@ class DetectionDataModule(lightning.LightningDataModule):
         self.size_divisor, self.persistent_workers, self.pin_memory = size_divisor, persistent_workers, pin_memory
         self.strict = strict
         self.train_tiling, self.train_mixing = train_tiling, list(train_mixing or [])
+        if train_frames_per_group < 0 or (train_frames_per_group and train_tiling is None):
+            raise ValueError(
+                f"train_frames_per_group={train_frames_per_group}: needs train_tiling and a value >= 0 (it groups "
+                "the tiles of frames; whole images have one sample per frame)"
+            )
+        self.train_frames_per_group = train_frames_per_group
+        if 0 < train_frames_per_group < 2 * batch_size:
+            logger.warning(
+                "train_frames_per_group=%d with batch_size=%d: each batch draws its tiles from a few frames. With "
+                "4 frames per group (batch 8) configs/tiled.yaml lost 0.10 AP; use at least 2 x batch_size "
+                "(docs/data/tiling.md)",
+                train_frames_per_group,
+                batch_size,
+            )
         self.datasets: dict[str, Dataset] = {}
 
         self._categories: tuple[list[int], list[str]] | None = None
@@ -188,6 +210,7 @@ class DetectionDataModule(lightning.LightningDataModule):
                 strict=self.strict,
                 tiling=self.train_tiling if train else None,
                 mixing=self.train_mixing if train else (),
+                frame_cache=self.train_frames_per_group if train else 0,
             )
             if (dataset.category_ids, dataset.class_names) != self._categories:  # the cheap read guessed wrong
                 full = self._describe((dataset.category_ids, dataset.class_names))
@@ -207,7 +230,7 @@ class DetectionDataModule(lightning.LightningDataModule):
         for name in names.get(stage, ["train", "val", "test", "predict"]):
             self._build(name)
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, batch_size: int, shuffle: bool, grouped: bool = False) -> DataLoader:
         self._build(name)
         if name not in self.datasets:
             raise ValueError(f"no {name} split configured")
@@ -217,10 +240,16 @@ class DetectionDataModule(lightning.LightningDataModule):
             # Loading in this process: seed the random streams from torch (which follows
             # seed_everything) as _worker_init does in workers, or runs would differ from run to run.
             dataset.set_seed(_stream_seed(rank))
+        sampler = None
+        if grouped and self.train_frames_per_group:
+            # Shuffles by itself; Lightning deals its order out to DDP ranks and calls its set_epoch.
+            sampler = FrameGroupedSampler([frame for frame, _ in dataset.index], self.train_frames_per_group)
+            shuffle = False
         return DataLoader(
             self.datasets[name],
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate_detection, size_divisor=self.size_divisor),
@@ -230,7 +259,7 @@ class DetectionDataModule(lightning.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=True, grouped=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import torch.utils.data
 
+from tod_lightning.data.frame_groups import FrameCache
 from tod_lightning.data.problems import CORRUPT_IMAGE, IMAGE_SIZE_MISMATCH, MISSING_IMAGE, ProblemLog
 from tod_lightning.data.records import AnnotationSet, ImageRecord
 
@@ -60,7 +61,8 @@ class Tiling(abc.ABC):
     @abc.abstractmethod
     def crop(self, raw: RawSample, window: Window) -> RawSample:
         """The raw sample of one tile; objects cut by the tile border are kept, ignored or dropped (counted in
-        ``num_dropped``)."""
+        ``num_dropped``). Its image is a new array, never a view of ``raw["image"]``: the frame may be cached
+        for the frame's other tiles, and the transforms may write into their input."""
 
 
 class MixTransform(abc.ABC):
@@ -160,6 +162,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         tiling: if set, the samples are the tiles it plans (training on tiles of large images).
         mixing: transforms that combine each raw sample with others of this dataset (mosaic, copy-paste).
         seed: seed of the dataset's own random stream (mixing draws); reseeded per worker by the data module.
+        frame_cache: with ``tiling``, the number of decoded frames kept for their other tiles
+            (:class:`~tod_lightning.data.frame_groups.FrameCache`, one per loader worker; ``frames``); pair it
+            with a :class:`~tod_lightning.data.frame_groups.FrameGroupedSampler` of as many frames per group.
+            0 decodes the frame for every tile.
     """
 
     def __init__(
@@ -171,10 +177,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         tiling: Tiling | None = None,
         mixing: Sequence[MixTransform] = (),
         seed: int = 0,
+        frame_cache: int = 0,
     ):
         self.annotations, self.images_dir, self.transform, self.strict = annotations, images_dir, transform, strict
         self.tiling, self.mixing = tiling, list(mixing)
         self.rng = np.random.default_rng(seed)
+        self.frames = FrameCache(frame_cache if tiling is not None else 0)  # whole images: no reuse in an epoch
         self.index: list[tuple[int, Window | None]] = (
             tiling.plan(annotations.images)
             if tiling is not None
@@ -239,7 +247,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Sample ``index`` before mixing and transform: ``(raw, orig annotations, orig frame size)``."""
         image_index, window = self.index[index]
         record = self.annotations.images[image_index]
-        image_rgb = self.read_image(record)
+        # Tiling.crop copies, so a cached frame is never handed on (the transforms may write into their input).
+        image_rgb = self.frames.get(image_index, lambda: self.read_image(record))
         is_object = ~record.iscrowd
         raw = {
             "image": image_rgb,

@@ -72,9 +72,11 @@ class TileSpec(Tiling):
     split's own dataset, so overlapping tiles of one image never land in two splits. Split by image (as the
     source datasets do), never by tile.
 
-    Cost: each tile decodes its whole image and then crops it (the crop itself is a ~0.2 ms copy), so an epoch
-    decodes each image once per kept tile: a 2000 x 1500 frame cut into 20 tiles costs 20 decodes (~30 ms each
-    for a JPEG, ~100 ms for a PNG, on one CPU core). Give large frames more data-loader workers.
+    Cost: each tile decodes its whole image and then crops it (the crop itself is a ~0.2 ms copy), so by default
+    an epoch decodes each image once per kept tile: a 2000 x 1500 frame cut into 20 tiles costs 20 decodes
+    (~30 ms each for a JPEG, ~100 ms for a PNG, on one CPU core). The data module's ``train_frames_per_group``
+    draws the tiles of a few frames together and caches the decoded frames in each worker
+    (:mod:`tod_lightning.data.frame_groups`), so that a frame is decoded about once per worker instead.
 
     Attributes:
         tile_size: side of the square tiles, px.
@@ -144,8 +146,9 @@ class TileSpec(Tiling):
         objects that became ignore regions to ``raw``'s own count.
         """
         x1, y1, x2, y2 = (int(v) for v in window)
-        # A copy, not a view: a view would keep the whole decoded frame alive for as long as the tile lives.
-        image = np.ascontiguousarray(raw["image"][y1:y2, x1:x2])  # (y2 - y1, x2 - x1, 3)
+        # Always a copy (ascontiguousarray returns a view of a full-width window): a view would keep the whole
+        # frame alive as long as the tile, and let the transforms write into a frame of the frame cache.
+        image = raw["image"][y1:y2, x1:x2].copy()  # (y2 - y1, x2 - x1, 3)
         offset = np.array([x1, y1, x1, y1], np.float32)
         limit = np.array([x2 - x1, y2 - y1] * 2, np.float32)
         boxes_xyxy = np.asarray(raw["boxes_xyxy"], np.float32).reshape(-1, 4)
