@@ -175,3 +175,28 @@ def test_datamodule_groups_the_tiles_of_frames(scenes, caplog):
     assert isinstance(default.train_dataloader().sampler, torch.utils.data.RandomSampler)
     with pytest.raises(ValueError, match="needs train_tiling"):
         DetectionDataModule(synthetic=SCENE, cache_dir=cache_dir, train_frames_per_group=2)
+
+
+def test_lightning_deals_the_grouped_order_out_to_ddp_ranks(scenes):
+    """What Lightning does with the train loader under DDP: it sees no shuffle (a custom sampler), so its
+    ``DistributedSamplerWrapper`` keeps the sampler's order, deals it out rank by rank and forwards set_epoch."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+    from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+
+    cache_dir = str(Path(scenes["train"].ann_file).parents[2])
+    dm = DetectionDataModule(
+        synthetic=SCENE, cache_dir=cache_dir, train_tiling=TILES, train_frames_per_group=2, batch_size=4, num_workers=0
+    )
+    loader = dm.train_dataloader()
+    assert not _is_dataloader_shuffled(loader)  # so Lightning builds its wrapper with shuffle=False
+    ranks = [DistributedSamplerWrapper(loader.sampler, num_replicas=2, rank=r, shuffle=False) for r in (0, 1)]
+    for epoch in (0, 1):
+        for wrapper in ranks:
+            wrapper.set_epoch(epoch)
+        dealt = [list(wrapper) for wrapper in ranks]
+        order = list(loader.sampler)  # the epoch the wrappers forwarded
+        assert dealt[0] == order[0::2] and dealt[1] == order[1::2]  # 48 tiles: no padding
+        assert sorted(dealt[0] + dealt[1]) == list(range(48))
+        if epoch == 0:
+            first_epoch = order
+    assert order != first_epoch  # set_epoch reached the grouped sampler
