@@ -36,6 +36,7 @@ def test_stable_descending_order_equals_a_stable_sort(seed):
     values = _tied_values((5000,), seed)
     expected = torch.sort(values, descending=True, stable=True).indices
     assert torch.equal(stable_descending_order(values), expected)
+    assert torch.equal(stable_descending_order(values.requires_grad_()), expected)  # scores may carry a graph
 
 
 @pytest.mark.parametrize("k", [1, 9, 25])
