@@ -166,9 +166,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ]
         frames = SyntheticSpec(image_size=(1500, 2000), num_train=32, num_val=0, density_side=256)
         for frames_per_group in (0, 16):
-            name = "tiles 512/64 of generated 1500x2000" + (
-                f", {frames_per_group} frames per group" * bool(frames_per_group)
-            )
+            name = "tiles 512/64 of generated 1500x2000"
+            if frames_per_group:
+                name += f", {frames_per_group} frames per group"
             datasets.append((name, frames, TileSpec(tile_size=512, overlap=64), frames_per_group))
     rows = []
     try:
