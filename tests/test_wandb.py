@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import struct
+import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,7 +40,8 @@ def read_records(path: Path) -> list[Record]:
     LevelDB's log format behind a 7-byte header (``:W&B``, magic 0xBEE1, version 0): 32 KiB blocks of chunks
     ``crc32 (4) | length (2) | type (1) | payload``, type 1 a whole record, 2/3/4 its first/middle/last part;
     fewer than 7 bytes left in a block are padding. The CRC (of the type byte and the payload) is checked, so
-    a framing error cannot go unnoticed.
+    a framing error cannot go unnoticed. A last chunk shorter than its length is still being written: reading
+    stops before it.
     """
     data = path.read_bytes()
     assert data[:7] == b":W&B\xe1\xbe\x00", data[:7]
@@ -49,6 +51,8 @@ def read_records(path: Path) -> list[Record]:
             pos += block - pos % block
             continue
         crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):
+            break
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:  # zero-filled tail of the last block
@@ -89,9 +93,18 @@ def artifacts(records: list[Record]) -> list:
     return [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
 
 
-def read_run(run_dir: Path) -> SimpleNamespace:
+def read_run(run_dir: Path, timeout: float = 60.0) -> SimpleNamespace:
+    """The run's records once its log is complete. W&B's service process writes the log, and its last records
+    can land after ``wandb.finish()`` has returned (seen on a loaded 2-core machine: the validation rows and the
+    artifact missing at the read, present a moment later), so wait for the ``exit`` record, the last it writes."""
     (log,) = run_dir.glob("run-*.wandb")
-    records = read_records(log)
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(log)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert records[-1].WhichOneof("record_type") == "exit", f"{log}: no exit record after {timeout} s"
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     return SimpleNamespace(dir=run_dir, id=run.run_id, records=records, history=history(records))
 
