@@ -6,7 +6,6 @@ import torch
 
 from tod_lightning.ops.ordering import (
     argsort_small_ints,
-    argsort_unstable,
     first_in_order,
     float_ordinal,
     index_rows,
@@ -48,12 +47,6 @@ def test_first_in_order_equals_a_stable_sort(k, descending):
     squared = values.abs() + 0.0  # >= 0, no -0.0: the nonnegative shortcut
     expected = squared.sort(dim=1, stable=True, descending=descending).indices[:, :k]
     assert torch.equal(first_in_order(squared, k, descending=descending, nonnegative=True), expected)
-
-
-def test_argsort_unstable_sorts():
-    keys = torch.randperm(10000) * 3 - 5000
-    order = argsort_unstable(keys)
-    assert order.dtype == torch.int64 and torch.equal(keys[order], torch.sort(keys).values)
 
 
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 1.0])

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from tod_lightning.ops.boxes import PointBoxCoder
 from tod_lightning.ops.nms import class_aware_nms
-from tod_lightning.ops.ordering import index_rows, nonzero_1d
+from tod_lightning.ops.ordering import argsort_small_ints, index_rows, nonzero_1d
 from tod_lightning.ops.points import level_points
 from tod_lightning.structures import Detections, DetectorOutput
 
@@ -17,9 +17,9 @@ from tod_lightning.structures import Detections, DetectorOutput
 class PostProcessor:
     """Turns a :class:`DetectorOutput` into one :class:`Detections` per image.
 
-    Score = ``sqrt(sigmoid(cls) * sigmoid(quality))``. NMS is torchvision's ``batched_nms`` (or the same NMS on a
-    sparse overlap graph for large groups on CPU, :func:`~tod_lightning.ops.nms.class_aware_nms`), run once for
-    the whole batch with image and class folded into the group index.
+    Score = ``sqrt(sigmoid(cls) * sigmoid(quality))``. NMS is torchvision's ``batched_nms`` (or the same NMS as a
+    compiled grid kernel on CPU from a few hundred boxes, :func:`~tod_lightning.ops.nms.class_aware_nms`), run once
+    for the whole batch with image and class folded into the group index.
 
     Args:
         score_thresh: minimum score kept (0.05 as in the AI-TOD/SR-TOD protocol).
@@ -46,7 +46,10 @@ class PostProcessor:
         kept = class_aware_nms(boxes_xyxy, scores, image_idx * num_classes + labels, self.nms_iou)  # by score
         # Stable sort by image keeps each image's detections in descending score order.
         kept_image = image_idx.index_select(0, kept)
-        order = torch.sort(kept_image, stable=True).indices
+        if len(image_sizes) <= 2**15:  # image indices fit the int16 radix sort
+            order = argsort_small_ints(kept_image)
+        else:
+            order = torch.sort(kept_image, stable=True).indices
         kept = kept.index_select(0, order)
         counts = torch.bincount(kept_image, minlength=len(image_sizes)).tolist()  # host sync
         results = []

@@ -1,7 +1,8 @@
-"""Pure tensor math (torch only): points per level, box coding, similarities, tile windows (numpy)."""
+"""Pure tensor math: points per level, box coding, similarities, NMS (a compiled numba kernel on CPU), tile windows
+(numpy)."""
 
 from tod_lightning.ops.boxes import PointBoxCoder, box_area, boxes_in_regions, points_in_boxes
-from tod_lightning.ops.nms import class_aware_nms, sparse_batched_nms
+from tod_lightning.ops.nms import class_aware_nms, grid_batched_nms
 from tod_lightning.ops.points import flatten_levels, level_points
 from tod_lightning.ops.tiles import tile_starts, tile_windows
 
@@ -11,9 +12,9 @@ __all__ = [
     "boxes_in_regions",
     "class_aware_nms",
     "flatten_levels",
+    "grid_batched_nms",
     "level_points",
     "points_in_boxes",
-    "sparse_batched_nms",
     "tile_starts",
     "tile_windows",
 ]

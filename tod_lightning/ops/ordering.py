@@ -14,14 +14,6 @@ def float_ordinal(values: Tensor) -> Tensor:
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
 
 
-def argsort_unstable(keys: Tensor) -> Tensor:
-    """Argsort of distinct 1-d int64 keys: numpy's introsort on CPU (4-5x faster than ``torch.sort`` for 10^4
-    keys on the 2-core machine of ``benchmarks/``), ``torch.sort`` elsewhere. Equal keys come in any order."""
-    if keys.device.type == "cpu":
-        return torch.from_numpy(np.argsort(keys.numpy()))
-    return torch.sort(keys).indices
-
-
 def argsort_small_ints(keys: Tensor) -> Tensor:
     """Stable argsort of 1-d integer keys in ``[0, 2^15)``: numpy's radix sort of int16 on CPU (5x faster than
     its introsort for 2 x 10^4 keys of a few distinct values), ``torch.sort`` elsewhere."""
