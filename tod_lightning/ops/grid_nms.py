@@ -18,8 +18,8 @@ _PERCENTILE = 0.9  # cells of a group are sized for this fraction of its boxes (
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, iou_threshold):
-    """Keep mask of class-aware greedy NMS for boxes already in processing order (the first box is processed first).
+def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, order, iou_threshold):
+    """Class-aware greedy NMS of the boxes taken in the processing ``order``: the kept boxes, in that order.
 
     The result is torchvision's CPU kernel's: a box is suppressed by an earlier kept box of its group whose IoU,
     ``inter / (area_i + area_j - inter)`` in the boxes' dtype, is above ``iou_threshold`` (compared in double). A box
@@ -31,13 +31,14 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, iou_threshold):
     the group's boxes has at most ``4 n + 64`` cells (one array of list heads per group, no hashing).
 
     Args:
-        boxes_xyxy: ``(N, 4)`` float32 or float64, finite, in processing order (score descending).
+        boxes_xyxy: ``(N, 4)`` float32 or float64, finite.
         groups: ``(N,)`` int64 in ``[0, num_groups)``; boxes of different groups never suppress each other.
         num_groups: number of group ids.
+        order: ``(N,)`` int64, a permutation: the processing order (score descending, as torchvision's).
         iou_threshold: in [0, 1).
 
     Returns:
-        ``(N,)`` bool: kept.
+        ``(K,)`` int64 indices of the kept boxes, in processing order.
     """
     num = boxes_xyxy.shape[0]
     keep = np.zeros(num, dtype=np.bool_)
@@ -47,10 +48,8 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, iou_threshold):
     for i in range(num):
         area[i] = (boxes_xyxy[i, 2] - boxes_xyxy[i, 0]) * (boxes_xyxy[i, 3] - boxes_xyxy[i, 1])  # as the kernel
         side = max(max(boxes_xyxy[i, 2] - boxes_xyxy[i, 0], boxes_xyxy[i, 3] - boxes_xyxy[i, 1]), 1.0)
-        lv = int(math.ceil(math.log2(side)))
-        if 2.0**lv < side:  # guard against log2 rounding down
-            lv += 1
-        level[i] = lv
+        mantissa, exponent = math.frexp(side)  # side = mantissa * 2^exponent, mantissa in [0.5, 1): exact
+        level[i] = exponent - 1 if mantissa == 0.5 else exponent  # ceil(log2(side))
     # Stable counting sort by group: each group's boxes in processing order.
     group_end = np.zeros(num_groups + 1, dtype=np.int64)
     for i in range(num):
@@ -59,7 +58,8 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, iou_threshold):
         group_end[g + 1] += group_end[g]
     members = np.empty(num, dtype=np.int64)
     fill = group_end[:-1].copy()
-    for i in range(num):
+    for r in range(num):
+        i = order[r]
         members[fill[groups[i]]] = i
         fill[groups[i]] += 1
 
@@ -83,13 +83,13 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, iou_threshold):
         while covered < _PERCENTILE * n:
             cell_level += 1
             covered += histogram[cell_level]
-        cell = 2.0**cell_level
+        inverse = 0.5**cell_level  # 1 / cell, a power of two: x * inverse is exactly x / cell
         while True:  # a sparse group gets coarser cells, so that its grid stays about as small as its boxes
-            x0, y0 = math.floor(x_min / cell), math.floor(y_min / cell)
-            nx, ny = math.floor(x_max / cell) - x0 + 1, math.floor(y_max / cell) - y0 + 1
+            x0, y0 = math.floor(x_min * inverse), math.floor(y_min * inverse)
+            nx, ny = math.floor(x_max * inverse) - x0 + 1, math.floor(y_max * inverse) - y0 + 1
             if nx * ny <= 4 * n + 64:
                 break
-            cell *= 2.0
+            inverse *= 0.5
         if nx * ny > head.shape[0]:
             head = np.empty(2 * nx * ny, dtype=np.int64)
         head[: nx * ny] = -1
@@ -98,8 +98,8 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, iou_threshold):
             j = members[m]
             x1, y1, x2, y2 = boxes_xyxy[j, 0], boxes_xyxy[j, 1], boxes_xyxy[j, 2], boxes_xyxy[j, 3]
             # The cells the extent covers (none when x2 < x1 or y2 < y1).
-            cx1, cx2 = math.floor(x1 / cell) - x0, math.floor(x2 / cell) - x0
-            cy1, cy2 = math.floor(y1 / cell) - y0, math.floor(y2 / cell) - y0
+            cx1, cx2 = math.floor(x1 * inverse) - x0, math.floor(x2 * inverse) - x0
+            cy1, cy2 = math.floor(y1 * inverse) - y0, math.floor(y2 * inverse) - y0
             suppressed = False
             for cx in range(cx1, cx2 + 1):
                 for cy in range(cy1, cy2 + 1):
@@ -131,4 +131,10 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, iou_threshold):
                     entry_next[entries] = head[cx * ny + cy]
                     head[cx * ny + cy] = entries
                     entries += 1
-    return keep
+    kept = np.empty(num, dtype=np.int64)
+    count = 0
+    for r in range(num):
+        if keep[order[r]]:
+            kept[count] = order[r]
+            count += 1
+    return kept[:count]

@@ -7,7 +7,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from tod_lightning.ops.grid_nms import greedy_nms_on_grid
-from tod_lightning.ops.ordering import index_rows, nonzero_1d, stable_descending_order
+from tod_lightning.ops.ordering import stable_descending_order
 
 
 def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
@@ -78,10 +78,7 @@ def grid_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thr
     if num_groups > len(groups):  # sparse ids: renumber, so that the kernel's per-group table stays small
         groups = torch.unique(groups, return_inverse=True)[1]
         num_groups = int(groups.max()) + 1
-    keep = greedy_nms_on_grid(
-        index_rows(boxes_xyxy.contiguous(), order).numpy(),  # (N, 4) in processing order
-        groups.index_select(0, order).numpy(),
-        num_groups,
-        float(iou_threshold),
-    )  # (N,) bool, in processing order
-    return order.index_select(0, nonzero_1d(torch.from_numpy(keep))).to(device)  # kept, in processing order
+    kept = greedy_nms_on_grid(
+        boxes_xyxy.contiguous().numpy(), groups.contiguous().numpy(), num_groups, order.numpy(), float(iou_threshold)
+    )  # (K,) kept, in processing order
+    return torch.from_numpy(kept).to(device)
