@@ -57,7 +57,7 @@ def test_torch_op_count_does_not_grow_with_the_boxes(components):
     from tod_lightning.benchmarking import count_torch_ops
     from tod_lightning.losses.criterion import DetectionCriterion
     from tod_lightning.models.postprocess import PostProcessor
-    from tod_lightning.ops.nms import grid_is_faster
+    from tod_lightning.ops.nms import uses_grid
 
     size, batch = 256, 2
     criterion, post = DetectionCriterion(), PostProcessor()
@@ -75,7 +75,7 @@ def test_torch_op_count_does_not_grow_with_the_boxes(components):
         }
         boxes_xyxy, _, labels, image_idx = post.candidates(planted, image_sizes)
         # ~500 and ~9000 candidates: both on the compiled grid NMS (its loops are not torch operators).
-        assert grid_is_faster(boxes_xyxy, post.nms_iou) and len(boxes_xyxy) > 900
+        assert uses_grid(boxes_xyxy, post.nms_iou) and len(boxes_xyxy) > 900
     for name in calls[100]:
         assert calls[100][name] > 100, name
         assert calls[2000][name] - calls[100][name] < 2000 - 100, (name, calls)

@@ -11,32 +11,24 @@ from tod_lightning.ops.ordering import stable_descending_order
 
 
 def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """``torchvision.ops.batched_nms``, or the same greedy NMS on a grid (:func:`grid_batched_nms`) where faster.
+    """``torchvision.ops.batched_nms``, or the same greedy NMS on a grid (:func:`grid_batched_nms`) on CPU.
 
     On CPU torchvision's ``batched_nms`` compares each kept box with every later box of its group (from 1000 boxes
-    group by group, ~35 us per group), so it grows with the square of the boxes per group. The grid kernel grows
-    about linearly and is taken on CPU from ``GRID_MIN_BOXES`` boxes (:func:`grid_is_faster`); torchvision's kernel
-    below that and always on GPU, where it is fast. Both give the same kept set (``tests/test_nms.py``); the order
-    of equal scores may differ, as it may between torchvision's own paths.
+    group by group, ~35 us per group), so it grows with the square of the boxes per group. The compiled grid kernel
+    grows about linearly and is as fast from 10 boxes on (``benchmarks/nms.py``), so it runs on CPU wherever it
+    applies (:func:`uses_grid`); torchvision's kernel on GPU, where it is fast. Both give the same kept set
+    (``tests/test_nms.py``); the order of equal scores may differ, as it may between torchvision's own paths.
     """
-    if grid_is_faster(boxes_xyxy, iou_threshold):
+    if uses_grid(boxes_xyxy, iou_threshold):
         return grid_batched_nms(boxes_xyxy, scores, groups, iou_threshold)
     return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
 
 
-# Below this many boxes torchvision's single kernel call (its coordinate-offset trick) beats the grid path's
-# fixed cost (ordering, tensor <-> numpy): measured in benchmarks/nms.py on the 2-core machine.
-GRID_MIN_BOXES = 128
-
-
-def grid_is_faster(boxes_xyxy: Tensor, iou_threshold: float) -> bool:
-    """The dispatch of :func:`class_aware_nms`: the grid kernel on CPU from ``GRID_MIN_BOXES`` float32/float64
-    boxes and for ``iou_threshold >= 0``, torchvision's kernel otherwise."""
+def uses_grid(boxes_xyxy: Tensor, iou_threshold: float) -> bool:
+    """The dispatch of :func:`class_aware_nms`: the grid kernel for float32/float64 boxes on CPU and
+    ``iou_threshold >= 0``, torchvision's kernel otherwise."""
     return (
-        boxes_xyxy.device.type == "cpu"
-        and boxes_xyxy.dtype in (torch.float32, torch.float64)
-        and boxes_xyxy.shape[0] >= GRID_MIN_BOXES
-        and iou_threshold >= 0.0
+        boxes_xyxy.device.type == "cpu" and boxes_xyxy.dtype in (torch.float32, torch.float64) and iou_threshold >= 0.0
     )
 
 
