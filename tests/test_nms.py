@@ -161,3 +161,23 @@ def test_non_finite_boxes_fall_back_to_torchvision():
     boxes[5] = float("nan")
     boxes[9, 2] = float("inf")
     assert torch.equal(grid_batched_nms(boxes, scores, groups, 0.6), batched_nms(boxes, scores, groups, 0.6))
+
+
+def test_kernel_compiles_without_a_writable_cache(monkeypatch):
+    """numba refuses ``cache=True`` where no cache folder is writable (a read-only install and home): the kernel
+    is then compiled per process, with a warning naming NUMBA_CACHE_DIR, instead of failing the import."""
+    import numba
+
+    from tod_lightning.ops import grid_nms
+
+    real = numba.njit
+
+    def njit(**options):
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real(**options)
+
+    monkeypatch.setattr(grid_nms.numba, "njit", njit)
+    with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
+        add = grid_nms.compile_kernel(lambda a, b: a + b)
+    assert add(2, 3) == 5 and hasattr(add, "py_func")  # a numba dispatcher, not the Python function

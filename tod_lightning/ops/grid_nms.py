@@ -10,6 +10,7 @@ to four cells, so the work is about linear in the boxes, and no candidate pair i
 from __future__ import annotations
 
 import math
+import warnings
 
 import numba
 import numpy as np
@@ -17,7 +18,23 @@ import numpy as np
 _PERCENTILE = 0.9  # cells of a group are sized for this fraction of its boxes (longest side at most the cell)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+def compile_kernel(function):
+    """numba's ``njit`` with its on-disk cache (beside the module, else ``NUMBA_CACHE_DIR`` or the user's cache):
+    compiled once per machine. Where no cache folder is writable (a read-only install and home) numba refuses
+    ``cache=True`` at import; the kernel is then compiled in every process that uses it (~2 s), with a warning."""
+    options = dict(nogil=True, error_model="numpy")  # numpy's rules: x / 0 is inf or nan, not an exception
+    try:
+        return numba.njit(cache=True, **options)(function)
+    except RuntimeError as error:  # "cannot cache function ...: no locator available"
+        warnings.warn(
+            f"{error}; the CPU NMS kernel is compiled in every process (set NUMBA_CACHE_DIR to a writable folder)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return numba.njit(cache=False, **options)(function)
+
+
+@compile_kernel
 def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, order, iou_threshold):
     """Class-aware greedy NMS of the boxes taken in the processing ``order``: the kept boxes, in that order.
 
