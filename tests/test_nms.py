@@ -156,6 +156,20 @@ def test_sparse_group_ids_and_a_huge_canvas():
     assert set(out.tolist()) == set(ref.tolist()) and len(out) < len(boxes)
 
 
+def test_coordinates_near_the_limit_and_boxes_with_gradients():
+    """Boxes spread over +-2^39 px on both axes (a grid of 2^80 unit cells before coarsening: no int64 overflow in
+    the cell count) and boxes that require grad (NMS selects, it does not differentiate): torchvision's kept set."""
+    boxes, scores, groups = _scene(3000, 300, seed=13)
+    far = torch.zeros(len(boxes), 2, dtype=torch.float64)
+    far[::5] = torch.rand(len(boxes[::5]), 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 0.5
+    boxes = boxes.double() + far.repeat(1, 2) * 2.0**40
+    scores = scores.double()
+    ref = _reference(boxes, scores, groups, 0.6)
+    assert set(grid_batched_nms(boxes, scores, groups, 0.6).tolist()) == set(ref.tolist())
+    with_grad = boxes.clone().requires_grad_()
+    assert set(grid_batched_nms(with_grad, scores, groups, 0.6).tolist()) == set(ref.tolist())
+
+
 def test_non_finite_boxes_fall_back_to_torchvision():
     boxes, scores, groups = _scene(3000, 300, seed=12)
     boxes[5] = float("nan")

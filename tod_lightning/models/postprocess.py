@@ -18,8 +18,8 @@ class PostProcessor:
     """Turns a :class:`DetectorOutput` into one :class:`Detections` per image.
 
     Score = ``sqrt(sigmoid(cls) * sigmoid(quality))``. NMS is torchvision's ``batched_nms`` (or the same NMS as a
-    compiled grid kernel on CPU from a few hundred boxes, :func:`~tod_lightning.ops.nms.class_aware_nms`), run once
-    for the whole batch with image and class folded into the group index.
+    compiled grid kernel on CPU, :func:`~tod_lightning.ops.nms.class_aware_nms`), run once for the whole batch with
+    image and class folded into the group index.
 
     Args:
         score_thresh: minimum score kept (0.05 as in the AI-TOD/SR-TOD protocol).

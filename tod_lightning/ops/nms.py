@@ -70,7 +70,6 @@ def grid_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thr
     if num_groups > len(groups):  # sparse ids: renumber, so that the kernel's per-group table stays small
         groups = torch.unique(groups, return_inverse=True)[1]
         num_groups = int(groups.max()) + 1
-    kept = greedy_nms_on_grid(
-        boxes_xyxy.contiguous().numpy(), groups.contiguous().numpy(), num_groups, order.numpy(), float(iou_threshold)
-    )  # (K,) kept, in processing order
+    boxes_np, groups_np = boxes_xyxy.detach().contiguous().numpy(), groups.contiguous().numpy()
+    kept = greedy_nms_on_grid(boxes_np, groups_np, num_groups, order.numpy(), float(iou_threshold))  # (K,) in order
     return torch.from_numpy(kept).to(device)
