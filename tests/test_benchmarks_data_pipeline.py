@@ -6,7 +6,7 @@ import math
 def test_smoke_table(capsys, load_benchmark):
     rows = load_benchmark("data_pipeline").main(["--smoke"])
     out = capsys.readouterr().out
-    assert "| data | workers | loader img/s |" in out
+    assert "| data | workers | timed batches | loader img/s |" in out
     assert [(r["data"], r["workers"]) for r in rows] == [
         ("synthetic 64x64", 0),
         ("synthetic 64x64", 1),
@@ -16,5 +16,7 @@ def test_smoke_table(capsys, load_benchmark):
         ("tiles 64/16 of 96x128, 2 frames per group", 1),
     ]
     assert all(r["batch"] == 2 for r in rows)  # tiles are samples like images
+    # Frame groups are timed over a whole group (2 frames x 6 tiles = 6 batches of 2), the rest over --batches (2).
+    assert [r["batches"] for r in rows] == [2, 2, 2, 2, 6, 6]
     for r in rows:
         assert math.isfinite(r["loader"]) and r["loader"] > 0 and r["model"] > 0
