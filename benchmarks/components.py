@@ -17,7 +17,7 @@ in float32 on CPU unless ``--device``):
   over a low-score random background: the detections before and after NMS grow with the boxes;
 - ``pp candidates``: its score threshold, top-k and decode (``PostProcessor.candidates``), everything but NMS;
 - ``pp nms``: the NMS post-processing runs on those candidates (:func:`~tod_lightning.ops.nms.class_aware_nms`:
-  torchvision's kernel for small groups, the sparse-graph NMS for large ones on CPU);
+  the compiled grid NMS on CPU, torchvision's kernel on GPU);
 - ``pp nms torchvision``: torchvision's ``batched_nms`` alone on the same candidates, the peer (its CPU kernel
   compares every kept box with every later box of its (image, class) group, so it grows with the square of the
   candidates).
@@ -26,9 +26,9 @@ Printed: one row per (geometry, component, boxes) with the median, the spread (m
 to the one at the smallest box count, and the number of torch operator calls of one run
 (:func:`~tod_lightning.benchmarking.count_torch_ops`, backward included). A Python loop over boxes would add at
 least one call per box; the counts grow only by the data-dependent rounds (forced assignment rounds, at most one
-per candidate of a box; NMS size levels and greedy rounds), not with the boxes. The box counts are run interleaved
-(one run of each count in turn) so that load from other processes on a shared machine spreads over all of them
-alike.
+per candidate of a box), not with the boxes; the compiled NMS kernel's loops are not torch operators. The box
+counts are run interleaved (one run of each count in turn) so that load from other processes on a shared machine
+spreads over all of them alike.
 """
 
 from __future__ import annotations
