@@ -182,7 +182,7 @@ def test_kernel_compiles_without_a_writable_cache(monkeypatch):
     is then compiled per process, with a warning naming NUMBA_CACHE_DIR, instead of failing the import."""
     import numba
 
-    from tod_lightning.ops import grid_nms
+    from tod_lightning.ops import compiled
 
     real = numba.njit
 
@@ -191,7 +191,7 @@ def test_kernel_compiles_without_a_writable_cache(monkeypatch):
             raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
         return real(**options)
 
-    monkeypatch.setattr(grid_nms.numba, "njit", njit)
+    monkeypatch.setattr(compiled.numba, "njit", njit)
     with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
-        add = grid_nms.compile_kernel(lambda a, b: a + b)
+        add = compiled.compile_kernel(lambda a, b: a + b)
     assert add(2, 3) == 5 and hasattr(add, "py_func")  # a numba dispatcher, not the Python function

@@ -1,6 +1,7 @@
 """Stable orders from unstable sorts equal torch's stable sort, ties and signed zeros included; numpy's nonzero
 equals torch's."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,6 +82,13 @@ def test_index_rows_equals_index_select(values):
     got = index_rows(values, index)
     assert got.dtype == values.dtype and torch.equal(got, values.index_select(0, index))
     assert index_rows(values, index[:0]).shape == (0, values.shape[1])
+
+
+def test_index_rows_of_no_rows_with_any_strides():
+    """An empty tensor is contiguous whatever its strides; ``torch.from_numpy`` gives ``(0, 4)`` strides ``(0, 0)``,
+    which the wide-dtype view refuses."""
+    empty = torch.from_numpy(np.empty((0, 4), dtype=np.float32))
+    assert index_rows(empty, torch.zeros(0, dtype=torch.int64)).shape == (0, 4)
 
 
 def test_index_rows_keeps_autograd():

@@ -10,30 +10,12 @@ to four cells, so the work is about linear in the boxes, and no candidate pair i
 from __future__ import annotations
 
 import math
-import warnings
 
-import numba
 import numpy as np
 
+from tod_lightning.ops.compiled import compile_kernel
+
 _PERCENTILE = 0.9  # cells of a group are sized for this fraction of its boxes (longest side at most the cell)
-
-
-def compile_kernel(function):
-    """numba's ``njit`` with its on-disk cache (beside the module, else ``NUMBA_CACHE_DIR`` or the user's cache):
-    compiled once per machine. Where no cache folder is writable (a read-only install and home) numba refuses
-    ``cache=True`` at import; the kernel is then compiled in every process that uses it (~2 s), with a warning."""
-    # numpy's rules: x / 0 is inf or nan, not an exception. Bounds checked (an IndexError, never a stray write into
-    # memory; 0-4 % of the kernel's time on benchmarks/components.py's candidates).
-    options = dict(nogil=True, error_model="numpy", boundscheck=True)
-    try:
-        return numba.njit(cache=True, **options)(function)
-    except RuntimeError as error:  # "cannot cache function ...: no locator available"
-        warnings.warn(
-            f"{error}; the CPU NMS kernel is compiled in every process (set NUMBA_CACHE_DIR to a writable folder)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return numba.njit(cache=False, **options)(function)
 
 
 @compile_kernel
@@ -50,14 +32,15 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, order, iou_threshold):
     the group's boxes has at most ``4 n + 64`` cells (one array of list heads per group, no hashing).
 
     Args:
-        boxes_xyxy: ``(N, 4)`` float32 or float64, finite.
+        boxes_xyxy: ``(N, 4)`` float32 or float64.
         groups: ``(N,)`` int64 in ``[0, num_groups)``; boxes of different groups never suppress each other.
         num_groups: number of group ids.
         order: ``(N,)`` int64, a permutation: the processing order (score descending, as torchvision's).
         iou_threshold: in [0, 1).
 
     Returns:
-        ``(K,)`` int64 indices of the kept boxes, in processing order.
+        ``(K,)`` int64 indices of the kept boxes, in processing order, and ``True``; or no indices and ``False``
+        where a coordinate is NaN, infinite or at least ``2^40`` in magnitude (such a box has no cell).
     """
     num = boxes_xyxy.shape[0]
     keep = np.zeros(num, dtype=np.bool_)
@@ -65,6 +48,9 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, order, iou_threshold):
     area = np.empty(num, dtype=boxes_xyxy.dtype)
     level = np.empty(num, dtype=np.int64)
     for i in range(num):
+        for c in range(4):
+            if not abs(boxes_xyxy[i, c]) < 2.0**40:  # NaN, inf or absurd: no cell (the levels below need < 2^40)
+                return keep.nonzero()[0], False
         area[i] = (boxes_xyxy[i, 2] - boxes_xyxy[i, 0]) * (boxes_xyxy[i, 3] - boxes_xyxy[i, 1])  # as the kernel
         side = max(max(boxes_xyxy[i, 2] - boxes_xyxy[i, 0], boxes_xyxy[i, 3] - boxes_xyxy[i, 1]), 1.0)
         mantissa, exponent = math.frexp(side)  # side = mantissa * 2^exponent, mantissa in [0.5, 1): exact
@@ -85,7 +71,7 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, order, iou_threshold):
     head = np.empty(64, dtype=np.int64)  # per cell: the last entry written there, -1 for none
     entry_box = np.empty(max(4 * num, 16), dtype=np.int64)  # per entry: the kept box
     entry_next = np.empty(max(4 * num, 16), dtype=np.int64)  # per entry: the cell's previous entry
-    histogram = np.empty(64, dtype=np.int64)  # levels: sides < 2^40 (checked by the caller)
+    histogram = np.empty(64, dtype=np.int64)  # levels: sides < 2^41 (checked above)
     for g in range(num_groups):
         start, end = group_end[g], group_end[g + 1]
         n = end - start
@@ -156,4 +142,4 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, order, iou_threshold):
         if keep[order[r]]:
             kept[count] = order[r]
             count += 1
-    return kept[:count]
+    return kept[:count], True

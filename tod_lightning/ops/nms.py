@@ -57,7 +57,6 @@ def grid_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thr
         iou_threshold < 0.0
         or boxes_xyxy.dtype not in (torch.float32, torch.float64)
         or scores.dtype != boxes_xyxy.dtype  # torchvision raises: so does this path, through it
-        or not bool((boxes_xyxy.abs() < 2.0**40).all())  # NaN, inf or absurd coordinates
     ):
         return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
     device = boxes_xyxy.device
@@ -71,5 +70,7 @@ def grid_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thr
         groups = torch.unique(groups, return_inverse=True)[1]
         num_groups = int(groups.max()) + 1
     boxes_np, groups_np = boxes_xyxy.detach().contiguous().numpy(), groups.contiguous().numpy()
-    kept = greedy_nms_on_grid(boxes_np, groups_np, num_groups, order.numpy(), float(iou_threshold))  # (K,) in order
-    return torch.from_numpy(kept).to(device)
+    kept, gridded = greedy_nms_on_grid(boxes_np, groups_np, num_groups, order.numpy(), float(iou_threshold))
+    if not gridded:  # NaN, inf or absurd coordinates (the kernel checks them as it reads the boxes)
+        return batched_nms(boxes_xyxy, scores, groups, iou_threshold).to(device)
+    return torch.from_numpy(kept).to(device)  # (K,) in processing order

@@ -33,6 +33,7 @@ def index_rows(values: Tensor, index: Tensor) -> Tensor:
         wide is None
         or values.device.type != "cpu"
         or not values.is_contiguous()
+        or values.numel() == 0  # contiguous whatever its strides, which view() checks (from_numpy gives (16, 0))
         or (values.requires_grad and torch.is_grad_enabled())
     ):
         return values.index_select(0, index)
