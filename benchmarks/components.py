@@ -26,9 +26,9 @@ Printed: one row per (geometry, component, boxes) with the median, the spread (m
 to the one at the smallest box count, and the number of torch operator calls of one run
 (:func:`~tod_lightning.benchmarking.count_torch_ops`, backward included). A Python loop over boxes would add at
 least one call per box; the counts grow only by the data-dependent rounds (forced assignment rounds, at most one
-per candidate of a box), not with the boxes; the compiled kernels' loops (NMS, the gather of candidates) are not torch operators. The box
-counts are run interleaved (one run of each count in turn) so that load from other processes on a shared machine
-spreads over all of them alike.
+per candidate of a box), not with the boxes; the compiled kernels' loops (NMS, the gather of candidates) are not
+torch operators. The box counts are run interleaved (one run of each count in turn) so that load from other
+processes on a shared machine spreads over all of them alike.
 """
 
 from __future__ import annotations

@@ -114,9 +114,10 @@ def count_torch_ops(fn: Callable[[], object]) -> OpCount:
     operations. Deterministic and device-independent, unlike a time; run on CPU it counts the code path CPU
     tensors take (device-dependent schedules, such as the assigner's, can be forced for the count). Work handed
     to numpy or to the compiled CPU kernels (NMS, :mod:`tod_lightning.ops.grid_nms`, and the post-processing's
-    gather, :mod:`tod_lightning.ops.dense_gather`, whose loops over boxes are machine code, not Python) is not seen: the CPU fast paths of :mod:`tod_lightning.ops.ordering` (``nonzero_1d``,
-    the argsorts), which the NMS and post-processing use, run ``torch.nonzero``/``torch.sort`` only on other
-    devices, so on CPU their host syncs are not counted.
+    gather, :mod:`tod_lightning.ops.dense_gather`, whose loops over boxes are machine code, not Python) is not
+    seen: the CPU fast paths of :mod:`tod_lightning.ops.ordering` (``nonzero_1d``, the argsorts), which the NMS and
+    post-processing use, run ``torch.nonzero``/``torch.sort`` only on other devices, so on CPU their host syncs are
+    not counted.
     """
     with _OpCounter() as counter:
         fn()
