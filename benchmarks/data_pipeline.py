@@ -14,8 +14,10 @@ generated 1500 x 2000 frames (the size of a VisDrone frame): each tile decodes i
 cost note), so its samples/s show what that costs; the same tiles again with ``train_frames_per_group=16`` (the
 tiles of 16 frames drawn together, each worker keeping 16 decoded frames: ``tod_lightning.data.frame_groups``)
 show what reusing the decodes saves. With frame groups the loader is timed over at least one whole group of
-tiles after the first batch (more than ``--batches`` if a group holds more), so the figure includes every decode
-of a group: the steady state, where each worker decodes each frame of a group once.
+tiles per worker after the first batch (more than ``--batches`` if a group holds more), so the figure includes
+every decode of a group: the steady state, where each worker decodes each frame of its own group once. "decodes
+per frame" is the frame decodes of one epoch per frame, counted from the loader's order
+(``tod_lightning.data.frame_groups.count_decodes``), not timed: 1 is the least.
 
 Model: the quickstart detector (ResNet-18 from scratch, FPN P2-P4 with 64 channels, DenseHead with 2 convs)
 with ``DetectionCriterion()`` and AdamW: forward + loss + backward + optimizer step on ONE collated batch
@@ -38,6 +40,7 @@ import torch
 
 from tod_lightning.benchmarking import describe_machine, quickstart_task
 from tod_lightning.data import DetectionDataModule, SyntheticSpec, TileSpec
+from tod_lightning.data.frame_groups import count_decodes
 
 
 def loader_rate(datamodule: DetectionDataModule, batches: int) -> tuple[float, float, object]:
@@ -95,14 +98,20 @@ def run_dataset(
             train_frames_per_group=frames_per_group,
         )
         datamodule.setup("fit")
-        batches = args.batches
-        if frames_per_group:  # time a whole group: its decodes come first, its cached reads after
-            frame_of = [frame for frame, _ in datamodule.datasets["train"].index]
+        dataset, batches = datamodule.datasets["train"], args.batches
+        frame_of = [frame for frame, _ in dataset.index] if tiling is not None else list(range(len(dataset)))
+        decodes = len(dataset)  # each sample decodes its frame
+        if frames_per_group:  # time a whole group per worker: its decodes come first, its cached reads after
             tiles_per_group = frames_per_group * len(frame_of) / len(set(frame_of))
-            batches = max(batches, math.ceil(tiles_per_group / args.batch_size))
+            batches = max(batches, max(workers, 1) * math.ceil(tiles_per_group / args.batch_size))
+            sampler = datamodule.train_dataloader().sampler
+            decodes = count_decodes(list(sampler), frame_of, frames_per_group, args.batch_size, workers)
         rate, startup, first = loader_rate(datamodule, batches)
         first_batch = first_batch or first
-        rows.append({"data": name, "workers": workers, "loader": rate, "startup": startup, "batches": batches})
+        rows.append(
+            {"data": name, "workers": workers, "loader": rate, "startup": startup, "batches": batches}
+            | {"decodes": decodes / len(set(frame_of))}
+        )
         print(f"  {name} workers={workers}: {rate:.1f} img/s (start-up {startup:.2f} s)", flush=True)
     model, times = model_rate(first_batch, num_classes, args.steps)
     print(f"  {name} model: {model:.2f} img/s (steps {', '.join(f'{t:.2f}' for t in times)} s)", flush=True)
@@ -115,17 +124,17 @@ def table(rows: list[dict], args) -> str:
     lines = [
         f"Machine: {describe_machine()}",
         f"Loader: batch {args.batch_size}, {args.batches} batches timed after the first (with frame groups: at least a "
-        f"whole group, the 'timed' column); model: quickstart detector "
+        f"whole group per worker, the 'timed' column); model: quickstart detector "
         f"training step (fwd + DetectionCriterion + bwd + AdamW), median of {args.steps} steps on the same batch",
         "",
-        "| data | workers | timed batches | loader img/s | img/s per worker | first batch s | model step s/img "
-        "| model img/s | loader / model | keeps up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| data | workers | decodes per frame | timed batches | loader img/s | img/s per worker | first batch s "
+        "| model step s/img | model img/s | loader / model | keeps up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = r["loader"] / r["model"]
         lines.append(
-            f"| {r['data']} | {r['workers']} | {r['batches']} | {r['loader']:.1f} | "
+            f"| {r['data']} | {r['workers']} | {r['decodes']:.2f} | {r['batches']} | {r['loader']:.1f} | "
             f"{r['loader'] / max(1, r['workers']):.1f} | "
             f"{r['startup']:.2f} | {1 / r['model']:.3f} | {r['model']:.2f} | {ratio:.1f}x | "
             f"{'yes' if ratio >= 1 else 'no'} |"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from tod_lightning.data import DetectionDataModule, DetectionDataset, SyntheticSpec, TileSpec, ensure_synthetic_dataset
 from tod_lightning.data.coco import read_coco
-from tod_lightning.data.frame_groups import FrameCache, FrameGroupedSampler
+from tod_lightning.data.frame_groups import FrameCache, FrameGroupedSampler, count_decodes
 
 # 4 scenes of 300 x 400 px, 12 tiles of 128 px each (every tile holds an object).
 SCENE = SyntheticSpec(
@@ -82,6 +83,84 @@ def test_sampler_seed_follows_seed_everything(monkeypatch):
     frame_of = np.repeat(np.arange(8), 6).tolist()
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     assert list(FrameGroupedSampler(frame_of, 2)) == list(FrameGroupedSampler(frame_of, 2, seed=7))
+
+
+UNEVEN = np.repeat(np.arange(60), np.random.default_rng(4).integers(3, 30, 60))  # 60 frames, 3-29 tiles each
+
+
+@pytest.mark.parametrize(
+    "workers,replicas,batch,most",
+    [(2, 1, 8, 63), (4, 1, 8, 63), (3, 1, 5, 63), (0, 2, 6, 63), (8, 2, 4, 95)],  # (8, 2, 4): 16 readers, 60 frames
+)
+def test_sampler_gives_each_worker_its_own_frames(workers, replicas, batch, most):
+    """Laid out for the (rank, worker) that reads each position, the order costs about one decode per frame (the
+    readers share the frames left at the end of the epoch, and a reader whose tiles run out takes a frame from
+    another); without that layout every worker decodes the frames of every group it reads."""
+    frame_of = UNEVEN[np.random.default_rng(1).permutation(len(UNEVEN))]
+    laid_out = FrameGroupedSampler(frame_of, 8, seed=2, batch_size=batch, num_workers=workers, num_replicas=replicas)
+    shared = FrameGroupedSampler(frame_of, 8, seed=2, batch_size=batch)
+    order = list(laid_out)
+    assert sorted(order) == list(range(len(frame_of)))  # every sample once
+    decodes = count_decodes(order, frame_of, 8, batch, workers, replicas)
+    assert 60 <= decodes <= most
+    assert count_decodes(list(shared), frame_of, 8, batch, workers, replicas) > 1.9 * decodes
+    even = np.repeat(np.arange(64), 20)  # 64 frames of 20 tiles, batches of 4: one decode each but at the end
+    sampler = FrameGroupedSampler(even, 8, seed=2, batch_size=4, num_workers=workers, num_replicas=replicas)
+    assert 64 <= count_decodes(list(sampler), even, 8, 4, workers, replicas) <= 64 + 4 * (workers == 3)
+
+
+def test_count_decodes_follows_the_dataloader_and_ddp_deal():
+    frame_of = [0, 0, 1, 1, 2, 2, 0]
+    # one rank, 2 workers, batches of 2: worker 0 reads batches 0 and 2 (frames 0, 0 | 2, 2), worker 1 batches
+    # 1 and 3 (frames 1, 1 | 0): 2 + 2 decodes with caches of 1 frame
+    assert count_decodes(range(7), frame_of, 1, 2, num_workers=2) == 4
+    assert count_decodes(range(7), frame_of, 0, 2, num_workers=2) == 7  # no cache: every read decodes
+    # 2 ranks: rank 0 reads 0, 2, 4, 6 (frames 0, 1, 2, 0), rank 1 reads 1, 3, 5 and the padding 0 (0, 1, 2, 0)
+    assert count_decodes(range(7), frame_of, 3, 4, num_replicas=2) == 6
+
+
+class _FrameReader(torch.utils.data.Dataset):
+    """Samples that read their frame through a :class:`FrameCache`, as ``DetectionDataset`` does, and report
+    which worker read them and how many decodes it has made."""
+
+    def __init__(self, frame_of, cache_size):
+        self.frame_of, self.cache = frame_of, FrameCache(cache_size)
+
+    def __len__(self):
+        return len(self.frame_of)
+
+    def __getitem__(self, index):
+        self.cache.get(int(self.frame_of[index]), lambda: np.zeros(1))
+        info = torch.utils.data.get_worker_info()
+        return {"index": index, "worker": info.id if info else 0, "decodes": self.cache.decodes}
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_real_loader_workers_decode_as_counted(replicas):
+    """The layout's assumptions hold for torch's DataLoader (batch b to worker b % workers, from worker 0 every
+    epoch) and Lightning's DDP wrapper: the decodes the workers make are the ones counted, one per frame."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    frame_of, batch, workers = np.repeat(np.arange(12), 10)[:-1], 5, 2  # 12 frames, 119 tiles (DDP pads)
+    sampler = FrameGroupedSampler(frame_of, 3, seed=0, batch_size=batch, num_workers=workers, num_replicas=replicas)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        decodes, seen = 0, []
+        for rank in range(replicas):
+            dealt = DistributedSamplerWrapper(sampler, num_replicas=replicas, rank=rank, shuffle=False)
+            dealt.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                _FrameReader(frame_of, 3), batch_size=batch, sampler=dealt, num_workers=workers
+            )
+            last = {}
+            for b, out in enumerate(loader):
+                assert set(out["worker"].tolist()) == {b % workers}
+                last[b % workers] = int(out["decodes"].max())
+                seen += out["index"].tolist()
+            decodes += sum(last.values())
+        assert sorted(set(seen)) == list(range(len(frame_of)))
+        # 12 frames; with 2 ranks the padded sample and the uneven end cost a few more
+        assert decodes == count_decodes(list(sampler), frame_of, 3, batch, workers, replicas) <= 12 + 3 * (replicas - 1)
 
 
 def test_frame_cache_keeps_the_most_recent_frames():
@@ -158,6 +237,11 @@ def test_datamodule_groups_the_tiles_of_frames(scenes, caplog):
     loader = dm.train_dataloader()
     train = dm.datasets["train"]
     assert isinstance(loader.sampler, FrameGroupedSampler) and loader.sampler.frames_per_group == 2
+    # laid out for this loader's readers: no trainer, one rank; under a trainer its world size
+    assert (loader.sampler.batch_size, loader.sampler.num_workers, loader.sampler.num_replicas) == (6, 0, 1)
+    dm.trainer = SimpleNamespace(world_size=3, global_rank=2)
+    assert dm.train_dataloader().sampler.num_replicas == 3
+    dm.trainer = None
     assert train.frames.size == 2
     images = sum(len(batch) for batch in loader)
     assert images == len(train) == 48 and train.frames.decodes == 4
@@ -171,6 +255,16 @@ def test_datamodule_groups_the_tiles_of_frames(scenes, caplog):
             synthetic=SCENE, cache_dir=cache_dir, train_tiling=TILES, train_frames_per_group=15, batch_size=8
         )
     assert "train_frames_per_group=15 with batch_size=8" in caplog.text  # batches drawn from few frames
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tod_lightning.data.datamodule"):
+        for workers in (0, 2):  # 4 frames: all of them for one worker, 2 each for two
+            DetectionDataModule(
+                synthetic=SCENE, cache_dir=cache_dir, train_tiling=TILES, train_frames_per_group=16, num_workers=workers
+            ).train_dataloader()
+    assert [r.getMessage()[-60:] for r in caplog.records] == [
+        "frames train worse (docs/data/tiling.md): use fewer workers or train_frames_per_group=0"[-60:]
+    ]
+    assert "give each of the 2 loader workers (2 per rank) only 2 frames" in caplog.text
     default = DetectionDataModule(synthetic=SCENE, cache_dir=cache_dir, train_tiling=TILES, num_workers=0)
     assert isinstance(default.train_dataloader().sampler, torch.utils.data.RandomSampler)
     with pytest.raises(ValueError, match="needs train_tiling"):

@@ -314,6 +314,8 @@ def test_tiled_recipe_prints_its_config(capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "class_path: tod_lightning.models.SlicedInference" in printed
     assert "class_path: tod_lightning.data.TileSpec" in printed and "eval_batch_size: 1" in printed
+    # one loader worker: each reads frames of its own, and the 24 scenes would give two only 12 each
+    assert "train_frames_per_group: 16" in printed and "num_workers: 1" in printed
 
 
 def test_tiled_training_logs_whole_image_ap_through_the_cli(tmp_path, monkeypatch):

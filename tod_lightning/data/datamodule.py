@@ -65,12 +65,13 @@ class DetectionDataModule(lightning.LightningDataModule):
         pin_memory: ``DataLoader(pin_memory=...)``.
         train_tiling: if set, the train split is cut into tiles by it (e.g. ``tod_lightning.data.TileSpec``);
             val/test/predict stay whole images (pair with the model's sliced inference).
-        train_frames_per_group: with ``train_tiling``, shuffle the frames and draw the tiles of this many frames
-            at a time (shuffled among themselves), and keep as many decoded frames in each loader worker, so that
-            a frame is decoded about once per worker and epoch instead of once per tile
+        train_frames_per_group: with ``train_tiling``, shuffle the frames and give each loader worker (of each
+            DDP rank) the tiles of this many frames at a time (shuffled among themselves), and keep as many decoded
+            frames in each worker, so that a frame is decoded about once per epoch instead of once per tile
             (:mod:`tod_lightning.data.frame_groups`; memory: this many frames per worker). Use at least twice
-            ``batch_size`` (a warning says so below that): batches drawn from few frames train worse. ``0``: every
-            tile drawn from the whole split and decoded on its own.
+            ``batch_size`` (a warning says so below that, or where the split has too few frames to give every
+            worker that many): batches drawn from few frames train worse. ``0``: every tile drawn from the whole
+            split and decoded on its own.
         train_mixing: transforms that mix several training samples (``tod_lightning.data.Mosaic``,
             ``tod_lightning.data.TinyCopyPaste``), applied in order before ``train_augmentation``.
         strict: bad input (see :mod:`tod_lightning.data.problems`) raises an error naming the file and the
@@ -242,9 +243,29 @@ class DetectionDataModule(lightning.LightningDataModule):
             dataset.set_seed(_stream_seed(rank))
         sampler = None
         if grouped and self.train_frames_per_group:
-            # Shuffles by itself; Lightning deals its order out to DDP ranks and calls its set_epoch.
-            sampler = FrameGroupedSampler([frame for frame, _ in dataset.index], self.train_frames_per_group)
+            # Shuffles by itself, laid out for the ranks and workers that read it; Lightning deals its order out
+            # to the DDP ranks and calls its set_epoch.
+            world_size = self.trainer.world_size if self.trainer is not None else 1
+            frame_of = [frame for frame, _ in dataset.index]
+            sampler = FrameGroupedSampler(
+                frame_of, self.train_frames_per_group, None, batch_size, self.num_workers, world_size
+            )
             shuffle = False
+            # Each worker of each rank draws from frames of its own: a small split leaves each of them few.
+            frames, consumers = len(set(frame_of)), world_size * max(self.num_workers, 1)
+            frames_each = min(self.train_frames_per_group, frames // consumers)
+            if 2 * batch_size <= self.train_frames_per_group and frames_each < min(2 * batch_size, frames):
+                logger.warning(
+                    "train_frames_per_group=%d: the split's %d frames give each of the %d loader workers (%d per "
+                    "rank) only %d frames at a time, fewer than 2 x batch_size = %d; batches drawn from few frames "
+                    "train worse (docs/data/tiling.md): use fewer workers or train_frames_per_group=0",
+                    self.train_frames_per_group,
+                    frames,
+                    consumers,
+                    max(self.num_workers, 1),
+                    frames_each,
+                    2 * batch_size,
+                )
         return DataLoader(
             self.datasets[name],
             batch_size=batch_size,

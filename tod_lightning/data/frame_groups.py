@@ -4,17 +4,20 @@ Training on tiles (:class:`~tod_lightning.data.TileSpec`) makes every tile a sam
 whole frame: a 2000 x 1500 PNG cut into 20 tiles is decoded 20 times an epoch (``benchmarks/data_pipeline.py``:
 ~20 tiles/s per worker). Two parts remove most of that work:
 
-- :class:`FrameGroupedSampler` shuffles the frames, takes them ``frames_per_group`` at a time and shuffles the
-  tiles of each group among themselves, so the tiles of a frame are drawn close together in the epoch;
+- :class:`FrameGroupedSampler` shuffles the frames, gives them to each loader worker ``frames_per_group`` at a
+  time and shuffles the tiles of each group among themselves, so the tiles of a frame are drawn close together
+  in the epoch, by one worker;
 - :class:`FrameCache`, held by the dataset in each loader worker, keeps the last ``frames_per_group`` decoded
   frames, so a worker decodes each frame of a group at most once.
 
-A data-loader worker gets every ``num_workers``-th batch, so within a group each worker still sees tiles of all
-of its frames: an epoch decodes each frame about ``min(num_workers, tiles per frame)`` times (per DDP rank)
-instead of once per tile. The price is a less global shuffle: a batch holds tiles of at most a couple of groups
-of ``frames_per_group`` frames, not of the whole split. Mixing transforms (mosaic, copy-paste) still draw their
-sources from the whole split; each source decodes its frame, which takes a place in the cache. No Lightning
-here; the data module wires it up.
+A data-loader worker gets every ``num_workers``-th batch, and a DDP rank every ``num_replicas``-th sample of the
+order. Given those (the data module passes them), the sampler lays the order out so that each (rank, worker) draws
+its batches from frames of its own: an epoch decodes each frame about once. Without them (the defaults: one
+worker, one rank) every worker would see tiles of all the frames of a group and decode each of them, about
+``min(workers, tiles per frame)`` decodes per frame and epoch. The price of grouping is a less global shuffle: a
+batch holds tiles of a couple of groups of ``frames_per_group`` frames, not of the whole split. Mixing transforms
+(mosaic, copy-paste) still draw their sources from the whole split; each source decodes its frame, which takes a
+place in the cache. No Lightning here; the data module wires it up.
 """
 
 from __future__ import annotations
@@ -29,25 +32,53 @@ from torch.utils.data import Sampler
 
 class FrameGroupedSampler(Sampler[int]):
     """Sample indices shuffled frame group by frame group: frames in random order, ``frames_per_group`` at a
-    time, and the samples (tiles) of each group in random order among themselves.
+    time for each loader worker of each DDP rank, and the samples (tiles) of each worker's group in random order
+    among themselves.
+
+    The order is laid out for the consumers that read it: position ``p`` goes to rank ``p % num_replicas`` (as
+    Lightning's ``DistributedSamplerWrapper`` deals it out), whose ``q = p // num_replicas``-th sample is in batch
+    ``q // batch_size``, which ``DataLoader`` hands to worker ``batch % num_workers`` (its fixed round-robin,
+    restarted at worker 0 every epoch). Each of these ``num_replicas * max(num_workers, 1)`` consumers takes the
+    next ``frames_per_group`` frames when it has read the tiles of its last ones, so each frame is decoded by one
+    worker. Near the end of the epoch the consumers share out the frames left; a consumer whose tiles run out
+    after that takes the rest of a frame from the consumer with the most tiles left, which decodes that frame
+    a second time.
 
     Deterministic for a given ``seed`` and epoch, and the same in every process, as
-    ``torch.utils.data.DistributedSampler`` is (Lightning's ``DistributedSamplerWrapper`` then deals the indices
-    out to the DDP ranks, and forwards :meth:`set_epoch`, which Lightning calls every epoch).
+    ``torch.utils.data.DistributedSampler`` is (Lightning's wrapper then deals the indices out to the DDP ranks,
+    and forwards :meth:`set_epoch`, which Lightning calls every epoch). With one consumer (the defaults) the order
+    is a group of ``frames_per_group`` frames after another.
 
     Args:
         frame_of: ``(N,)`` the frame (image index) of each sample; samples of one frame share its decode.
-        frames_per_group: frames whose tiles are shuffled together (>= 1); also the frame cache size to use.
+        frames_per_group: frames whose tiles are shuffled together for one consumer (>= 1); also the frame cache
+            size to use in each worker.
         seed: the shuffles' seed; ``None``: ``PL_GLOBAL_SEED`` (set by ``seed_everything``), else 0, as
             Lightning's distributed sampler.
+        batch_size: the loader's batch size; ``num_workers``: its worker processes (0: the main process);
+            ``num_replicas``: the DDP world size. They only place the samples: any values give every sample once.
     """
 
-    def __init__(self, frame_of: Sequence[int], frames_per_group: int, seed: int | None = None):
+    def __init__(
+        self,
+        frame_of: Sequence[int],
+        frames_per_group: int,
+        seed: int | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        num_replicas: int = 1,
+    ):
         if frames_per_group < 1:
             raise ValueError(f"frames_per_group must be >= 1, got {frames_per_group}")
+        if batch_size < 1 or num_workers < 0 or num_replicas < 1:
+            raise ValueError(
+                f"batch_size={batch_size}, num_workers={num_workers}, num_replicas={num_replicas}: "
+                "need batch_size >= 1, num_workers >= 0, num_replicas >= 1"
+            )
         self.frame_of = np.asarray(frame_of, np.int64).reshape(-1)
         self.frames_per_group = frames_per_group
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        self.batch_size, self.num_workers, self.num_replicas = batch_size, num_workers, num_replicas
         self.epoch = 0
         # The samples of each frame, frame by frame: a stable sort keeps each frame's samples in index order.
         by_frame = np.argsort(self.frame_of, kind="stable")
@@ -60,12 +91,64 @@ class FrameGroupedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.frame_of)
 
+    def consumer(self, position: int) -> int:
+        """The (rank, worker) that reads position ``position`` of the order, as ``rank * workers + worker``."""
+        workers = max(self.num_workers, 1)
+        rank, sample = position % self.num_replicas, position // self.num_replicas
+        return rank * workers + (sample // self.batch_size) % workers
+
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        frames = rng.permutation(len(self._samples_of))
-        for start in range(0, len(frames), self.frames_per_group):
-            group = np.concatenate([self._samples_of[f] for f in frames[start : start + self.frames_per_group]])
-            yield from rng.permutation(group).tolist()
+        frames = rng.permutation(len(self._samples_of)).tolist()
+        consumers = self.num_replicas * max(self.num_workers, 1)
+        queues: list[list[int]] = [[] for _ in range(consumers)]  # each consumer's tiles, drawn and to draw
+        taken = [0] * consumers
+        for position in range(len(self.frame_of)):
+            c = self.consumer(position)
+            if taken[c] == len(queues[c]):  # the consumer's group is used up: its next frames, else another's
+                if frames:  # a group, or near the end an even share of the frames left
+                    size = min(self.frames_per_group, -(-len(frames) // consumers))
+                    group, frames = frames[:size], frames[size:]
+                    queues[c] += rng.permutation(np.concatenate([self._samples_of[f] for f in group])).tolist()
+                else:
+                    self._steal_frame(queues, taken, c)
+            yield queues[c][taken[c]]
+            taken[c] += 1
+
+    def _steal_frame(self, queues: list[list[int]], taken: list[int], thief: int) -> None:
+        """Moves to the used-up queue ``thief`` the remaining tiles of the frame with the most tiles left in the
+        queue with the most left: one more decode of that frame, for as many tiles as possible."""
+        donor = max(range(len(queues)), key=lambda k: len(queues[k]) - taken[k])
+        rest = queues[donor][taken[donor] :]
+        frame = collections.Counter(int(self.frame_of[i]) for i in rest).most_common(1)[0][0]
+        queues[donor][taken[donor] :] = [i for i in rest if self.frame_of[i] != frame]
+        queues[thief] += [i for i in rest if self.frame_of[i] == frame]
+
+
+def count_decodes(
+    order: Sequence[int],
+    frame_of: Sequence[int],
+    cache_size: int,
+    batch_size: int,
+    num_workers: int = 0,
+    num_replicas: int = 1,
+) -> int:
+    """The frame decodes of one epoch of ``order`` read by ``num_replicas`` DDP ranks (each its
+    ``DistributedSampler`` share, padded as it pads) through ``DataLoader``'s batches and workers, each worker
+    with a :class:`FrameCache` of ``cache_size`` frames: the cost a sampler's order implies, without decoding."""
+    frame_of = np.asarray(frame_of, np.int64).reshape(-1)
+    order = list(order)
+    order += order[: -len(order) % num_replicas]  # DistributedSampler's padding to a multiple of the ranks
+    workers, decodes = max(num_workers, 1), 0
+    for rank in range(num_replicas):
+        samples = order[rank::num_replicas]
+        caches = [FrameCache(cache_size) for _ in range(workers)]
+        for batch, start in enumerate(range(0, len(samples), batch_size)):
+            cache = caches[batch % workers]
+            for index in samples[start : start + batch_size]:
+                cache.get(int(frame_of[index]), lambda: np.empty(0))
+        decodes += sum(cache.decodes for cache in caches)
+    return decodes
 
 
 class FrameCache:
