@@ -104,8 +104,8 @@ def run_dataset(
         if frames_per_group:  # time a whole group per worker: its decodes come first, its cached reads after
             tiles_per_group = frames_per_group * len(frame_of) / len(set(frame_of))
             batches = max(batches, max(workers, 1) * math.ceil(tiles_per_group / args.batch_size))
-            sampler = datamodule.train_dataloader().sampler
-            decodes = count_decodes(list(sampler), frame_of, frames_per_group, args.batch_size, workers)
+            order = datamodule.train_dataloader().sampler.epoch_order()
+            decodes = count_decodes(order, frame_of, frames_per_group, args.batch_size, workers)
         rate, startup, first = loader_rate(datamodule, batches)
         first_batch = first_batch or first
         rows.append(

@@ -141,6 +141,25 @@ class EvalRecorder(L.Callback):
             Path(self.output_file).write_text(json.dumps(record))
 
 
+class FrameDecodeRecorder(L.Callback):
+    """Writes, on every rank at the end of each training epoch, the frame decodes and cache hits of the train
+    dataset in this process (``num_workers=0``: the loader reads in the rank's own process) and the frames of
+    the tiles it trained on: ``{output_dir}/frames_rank{rank}.json``."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+        self.frames: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.frames += [int(t.image_id) for t in batch.targets]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        cache = trainer.datamodule.datasets["train"].frames
+        record = {"world_size": trainer.world_size, "decodes": cache.decodes, "hits": cache.hits}
+        record["frames"] = self.frames
+        Path(self.output_dir, f"frames_rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
 class PrecisionProbe(L.Callback):
     """Records, for every training batch, the dtype of the head's first classification map (what autocast
     made of the forward) and of each loss the task logged, so a test can check mixed precision from outside.

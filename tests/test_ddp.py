@@ -178,6 +178,24 @@ def test_ddp_fit_trains_logs_and_checkpoints(runs):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+def test_ddp_tiled_fit_decodes_each_frame_once(tmp_path):
+    """Frame groups under real DDP: the data module passes the trainer's world size and rank to the sampler, which
+    deals its order out itself (Lightning's wrapper would reshuffle it: each rank then decoded 5 of the 4 frames for
+    its 8 tiles), and each rank trains on tiles of frames of its own, so the 4 frames are decoded 4 times in all."""
+    val = ensure_synthetic_dataset(tmp_path / "cache", SPEC)["val"]
+    tiling = {"class_path": "tod_lightning.data.TileSpec", "init_args": {"tile_size": 64, "overlap": 16}}
+    tiling["init_args"]["empty_tile_ratio"] = 1.0  # 4 tiles of every 96 x 96 frame, 16 in all
+    recorder = {"class_path": "oracle.FrameDecodeRecorder", "init_args": {"output_dir": str(tmp_path)}}
+    args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *CPU_DDP, *_args(tmp_path, val, "tiled")]
+    args += [f"--data.train_tiling={_flow(tiling)}", "--data.train_frames_per_group=2"]
+    _run_cli([*args, f"--trainer.callbacks+={_flow(recorder)}", "--trainer.max_epochs=1"])
+    ranks = [json.loads((tmp_path / f"frames_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [len(r["frames"]) for r in ranks] == [8, 8]  # 16 tiles dealt out to 2 ranks, batch 1
+    assert [r["decodes"] for r in ranks] == [2, 2] and [r["hits"] for r in ranks] == [6, 6]
+    assert not set(ranks[0]["frames"]) & set(ranks[1]["frames"])  # no frame read by both ranks
+
+
 def test_ddp_config_layers_on_the_quickstart(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(

@@ -13,7 +13,7 @@ import torch
 
 from tod_lightning.data import DetectionDataModule, DetectionDataset, SyntheticSpec, TileSpec, ensure_synthetic_dataset
 from tod_lightning.data.coco import read_coco
-from tod_lightning.data.frame_groups import FrameCache, FrameGroupedSampler, count_decodes
+from tod_lightning.data.frame_groups import FrameCache, FrameGroupedSampler, _padded, count_decodes
 
 # 4 scenes of 300 x 400 px, 12 tiles of 128 px each (every tile holds an object).
 SCENE = SyntheticSpec(
@@ -70,7 +70,7 @@ def test_sampler_draws_every_sample_once_frame_group_by_frame_group(frames_per_g
 def test_sampler_is_fixed_by_seed_and_epoch():
     frame_of = np.repeat(np.arange(8), 6).tolist()
     a, b = FrameGroupedSampler(frame_of, 2, seed=1), FrameGroupedSampler(frame_of, 2, seed=1)
-    assert list(a) == list(b)  # every DDP rank draws the same order before Lightning deals it out
+    assert list(a) == list(b)  # every DDP rank draws the same order before the sampler deals it out
     first = list(a)
     a.set_epoch(1)
     assert list(a) != first and sorted(a) == sorted(first)
@@ -99,14 +99,14 @@ def test_sampler_gives_each_worker_its_own_frames(workers, replicas, batch, most
     frame_of = UNEVEN[np.random.default_rng(1).permutation(len(UNEVEN))]
     laid_out = FrameGroupedSampler(frame_of, 8, seed=2, batch_size=batch, num_workers=workers, num_replicas=replicas)
     shared = FrameGroupedSampler(frame_of, 8, seed=2, batch_size=batch)
-    order = list(laid_out)
+    order = laid_out.epoch_order()
     assert sorted(order) == list(range(len(frame_of)))  # every sample once
     decodes = count_decodes(order, frame_of, 8, batch, workers, replicas)
     assert 60 <= decodes <= most
-    assert count_decodes(list(shared), frame_of, 8, batch, workers, replicas) > 1.9 * decodes
+    assert count_decodes(shared.epoch_order(), frame_of, 8, batch, workers, replicas) > 1.9 * decodes
     even = np.repeat(np.arange(64), 20)  # 64 frames of 20 tiles, batches of 4: one decode each but at the end
     sampler = FrameGroupedSampler(even, 8, seed=2, batch_size=4, num_workers=workers, num_replicas=replicas)
-    assert 64 <= count_decodes(list(sampler), even, 8, 4, workers, replicas) <= 64 + 4 * (workers == 3)
+    assert 64 <= count_decodes(sampler.epoch_order(), even, 8, 4, workers, replicas) <= 64 + 4 * (workers == 3)
 
 
 def test_count_decodes_follows_the_dataloader_and_ddp_deal():
@@ -138,19 +138,16 @@ class _FrameReader(torch.utils.data.Dataset):
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_real_loader_workers_decode_as_counted(replicas):
     """The layout's assumptions hold for torch's DataLoader (batch b to worker b % workers, from worker 0 every
-    epoch) and Lightning's DDP wrapper: the decodes the workers make are the ones counted, one per frame."""
-    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-
-    frame_of, batch, workers = np.repeat(np.arange(12), 10)[:-1], 5, 2  # 12 frames, 119 tiles (DDP pads)
-    sampler = FrameGroupedSampler(frame_of, 3, seed=0, batch_size=batch, num_workers=workers, num_replicas=replicas)
+    epoch) with the sampler's own deal to the ranks: the decodes the workers make are the ones counted, about one
+    per frame."""
+    frame_of, batch, workers = np.repeat(np.arange(12), 10)[:-1], 5, 2  # 12 frames, 119 tiles (2 ranks: padded)
     for epoch in (0, 1):
-        sampler.set_epoch(epoch)
         decodes, seen = 0, []
         for rank in range(replicas):
-            dealt = DistributedSamplerWrapper(sampler, num_replicas=replicas, rank=rank, shuffle=False)
-            dealt.set_epoch(epoch)
+            sampler = FrameGroupedSampler(frame_of, 3, 0, batch, workers, num_replicas=replicas, rank=rank)
+            sampler.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(
-                _FrameReader(frame_of, 3), batch_size=batch, sampler=dealt, num_workers=workers
+                _FrameReader(frame_of, 3), batch_size=batch, sampler=sampler, num_workers=workers
             )
             last = {}
             for b, out in enumerate(loader):
@@ -158,9 +155,10 @@ def test_real_loader_workers_decode_as_counted(replicas):
                 last[b % workers] = int(out["decodes"].max())
                 seen += out["index"].tolist()
             decodes += sum(last.values())
-        assert sorted(set(seen)) == list(range(len(frame_of)))
+        assert len(seen) == len(frame_of) + (replicas - 1) and sorted(set(seen)) == list(range(len(frame_of)))
+        order = sampler.epoch_order()
         # 12 frames; with 2 ranks the padded sample and the uneven end cost a few more
-        assert decodes == count_decodes(list(sampler), frame_of, 3, batch, workers, replicas) <= 12 + 3 * (replicas - 1)
+        assert decodes == count_decodes(order, frame_of, 3, batch, workers, replicas) <= 12 + 3 * (replicas - 1)
 
 
 def test_frame_cache_keeps_the_most_recent_frames():
@@ -271,26 +269,41 @@ def test_datamodule_groups_the_tiles_of_frames(scenes, caplog):
         DetectionDataModule(synthetic=SCENE, cache_dir=cache_dir, train_frames_per_group=2)
 
 
-def test_lightning_deals_the_grouped_order_out_to_ddp_ranks(scenes):
-    """What Lightning does with the train loader under DDP: it sees no shuffle (a custom sampler), so its
-    ``DistributedSamplerWrapper`` keeps the sampler's order, deals it out rank by rank and forwards set_epoch."""
-    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-    from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+def test_the_sampler_deals_its_order_out_to_ddp_ranks_and_lightning_keeps_it(scenes):
+    """Lightning wraps the sampler of a DDP training loader in a DistributedSampler of its own that reshuffles it
+    (it treats every train loader as shuffled), unless the sampler already is one: ours is, and deals the epoch's
+    order out to the ranks as DistributedSampler deals (padded, every world_size-th from the rank's)."""
+    import lightning
 
     cache_dir = str(Path(scenes["train"].ann_file).parents[2])
+    trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)  # not launched
     dm = DetectionDataModule(
         synthetic=SCENE, cache_dir=cache_dir, train_tiling=TILES, train_frames_per_group=2, batch_size=4, num_workers=0
     )
-    loader = dm.train_dataloader()
-    assert not _is_dataloader_shuffled(loader)  # so Lightning builds its wrapper with shuffle=False
-    ranks = [DistributedSamplerWrapper(loader.sampler, num_replicas=2, rank=r, shuffle=False) for r in (0, 1)]
+    shares = []
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        loader = dm.train_dataloader()
+        assert not trainer._data_connector._requires_distributed_sampler(loader)  # kept as it is
+        shares.append(loader.sampler)
+    plain = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=4, shuffle=False)
+    assert trainer._data_connector._requires_distributed_sampler(plain)  # what would have happened: rewrapped
     for epoch in (0, 1):
-        for wrapper in ranks:
-            wrapper.set_epoch(epoch)
-        dealt = [list(wrapper) for wrapper in ranks]
-        order = list(loader.sampler)  # the epoch the wrappers forwarded
-        assert dealt[0] == order[0::2] and dealt[1] == order[1::2]  # 48 tiles: no padding
-        assert sorted(dealt[0] + dealt[1]) == list(range(48))
+        for sampler in shares:
+            sampler.set_epoch(epoch)
+        order = shares[0].epoch_order()
+        assert order == shares[1].epoch_order() and sorted(order) == list(range(48))  # the same in every process
+        assert list(shares[0]) == order[0::2] and list(shares[1]) == order[1::2]  # 48 tiles: no padding
+        assert len(shares[0]) == 24
         if epoch == 0:
             first_epoch = order
-    assert order != first_epoch  # set_epoch reached the grouped sampler
+    assert order != first_epoch  # set_epoch reached the order
+    odd = FrameGroupedSampler(np.arange(5), 1, seed=0, num_replicas=3, rank=2)  # 5 samples, 3 ranks: pads 1
+    full = odd.epoch_order()
+    assert list(odd) == (full + full[:1])[2::3] and len(odd) == 2
+    with pytest.raises(ValueError, match="rank"):
+        FrameGroupedSampler(np.arange(5), 1, num_replicas=2, rank=2)
+    for n, ranks in [(1, 4), (2, 3), (5, 3), (7, 2), (6, 3)]:  # the padding is DistributedSampler's
+        for rank in range(ranks):
+            torch_share = list(torch.utils.data.DistributedSampler(range(n), ranks, rank, shuffle=False))
+            assert _padded(list(range(n)), ranks)[rank::ranks] == torch_share

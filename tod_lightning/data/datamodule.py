@@ -243,12 +243,13 @@ class DetectionDataModule(lightning.LightningDataModule):
             dataset.set_seed(_stream_seed(rank))
         sampler = None
         if grouped and self.train_frames_per_group:
-            # Shuffles by itself, laid out for the ranks and workers that read it; Lightning deals its order out
-            # to the DDP ranks and calls its set_epoch.
+            # Shuffles by itself, laid out for the ranks and workers that read it, and deals the order out to the
+            # DDP ranks itself (a DistributedSampler: Lightning would reshuffle it in a wrapper of its own);
+            # Lightning calls its set_epoch.
             world_size = self.trainer.world_size if self.trainer is not None else 1
             frame_of = [frame for frame, _ in dataset.index]
             sampler = FrameGroupedSampler(
-                frame_of, self.train_frames_per_group, None, batch_size, self.num_workers, world_size
+                frame_of, self.train_frames_per_group, None, batch_size, self.num_workers, world_size, rank
             )
             shuffle = False
             # Each worker of each rank draws from frames of its own: a small split leaves each of them few.

@@ -11,8 +11,9 @@ whole frame: a 2000 x 1500 PNG cut into 20 tiles is decoded 20 times an epoch (`
   frames, so a worker decodes each frame of a group at most once.
 
 A data-loader worker gets every ``num_workers``-th batch, and a DDP rank every ``num_replicas``-th sample of the
-order. Given those (the data module passes them), the sampler lays the order out so that each (rank, worker) draws
-its batches from frames of its own: an epoch decodes each frame about once. Without them (the defaults: one
+order (the sampler deals it out to the ranks itself). Given those (the data module passes them), the sampler lays
+the order out so that each (rank, worker) draws its batches from frames of its own: an epoch decodes each frame
+about once. Without them (the defaults: one
 worker, one rank) every worker would see tiles of all the frames of a group and decode each of them, about
 ``min(workers, tiles per frame)`` decodes per frame and epoch. The price of grouping is a less global shuffle: a
 batch holds tiles of a couple of groups of ``frames_per_group`` frames, not of the whole split. Mixing transforms
@@ -27,27 +28,25 @@ import os
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
-class FrameGroupedSampler(Sampler[int]):
+class FrameGroupedSampler(DistributedSampler):
     """Sample indices shuffled frame group by frame group: frames in random order, ``frames_per_group`` at a
     time for each loader worker of each DDP rank, and the samples (tiles) of each worker's group in random order
     among themselves.
 
-    The order is laid out for the consumers that read it: position ``p`` goes to rank ``p % num_replicas`` (as
-    Lightning's ``DistributedSamplerWrapper`` deals it out), whose ``q = p // num_replicas``-th sample is in batch
-    ``q // batch_size``, which ``DataLoader`` hands to worker ``batch % num_workers`` (its fixed round-robin,
-    restarted at worker 0 every epoch). Each of these ``num_replicas * max(num_workers, 1)`` consumers takes the
-    next ``frames_per_group`` frames when it has read the tiles of its last ones, so each frame is decoded by one
-    worker. Near the end of the epoch the consumers share out the frames left; a consumer whose tiles run out
-    after that takes the rest of a frame from the consumer with the most tiles left, which decodes that frame
-    a second time.
-
-    Deterministic for a given ``seed`` and epoch, and the same in every process, as
-    ``torch.utils.data.DistributedSampler`` is (Lightning's wrapper then deals the indices out to the DDP ranks,
-    and forwards :meth:`set_epoch`, which Lightning calls every epoch). With one consumer (the defaults) the order
-    is a group of ``frames_per_group`` frames after another.
+    The epoch's order (:meth:`epoch_order`, the same in every process for a given ``seed`` and epoch) is dealt
+    out to the ranks as ``torch.utils.data.DistributedSampler`` deals its indices: rank ``r`` reads positions
+    ``r, r + num_replicas, ...`` (the order padded with its first samples to a multiple of the ranks). Being a
+    ``DistributedSampler``, it is not wrapped by Lightning, whose own wrapper would reshuffle the order of a
+    training loader. Rank ``r``'s ``q``-th sample is in batch ``q // batch_size``, which ``DataLoader`` hands to
+    worker ``batch % num_workers`` (its fixed round-robin, restarted at worker 0 every epoch). The order is laid
+    out for these ``num_replicas * max(num_workers, 1)`` consumers: each takes the next ``frames_per_group``
+    frames when it has read the tiles of its last ones, so each frame is decoded by one worker. Near the end of
+    the epoch the consumers share out the frames left; a consumer whose tiles run out after that takes the rest
+    of a frame from the consumer with the most tiles left, which decodes that frame a second time. With one
+    consumer (the defaults) the order is a group of ``frames_per_group`` frames after another.
 
     Args:
         frame_of: ``(N,)`` the frame (image index) of each sample; samples of one frame share its decode.
@@ -55,8 +54,9 @@ class FrameGroupedSampler(Sampler[int]):
             size to use in each worker.
         seed: the shuffles' seed; ``None``: ``PL_GLOBAL_SEED`` (set by ``seed_everything``), else 0, as
             Lightning's distributed sampler.
-        batch_size: the loader's batch size; ``num_workers``: its worker processes (0: the main process);
-            ``num_replicas``: the DDP world size. They only place the samples: any values give every sample once.
+        batch_size: the loader's batch size; ``num_workers``: its worker processes (0: the main process). They
+            only place the samples: any values give every sample once.
+        num_replicas: the DDP world size; ``rank``: this process's global rank.
     """
 
     def __init__(
@@ -67,42 +67,40 @@ class FrameGroupedSampler(Sampler[int]):
         batch_size: int = 1,
         num_workers: int = 0,
         num_replicas: int = 1,
+        rank: int = 0,
     ):
         if frames_per_group < 1:
             raise ValueError(f"frames_per_group must be >= 1, got {frames_per_group}")
-        if batch_size < 1 or num_workers < 0 or num_replicas < 1:
-            raise ValueError(
-                f"batch_size={batch_size}, num_workers={num_workers}, num_replicas={num_replicas}: "
-                "need batch_size >= 1, num_workers >= 0, num_replicas >= 1"
-            )
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size={batch_size}, num_workers={num_workers}: need >= 1 and >= 0")
         self.frame_of = np.asarray(frame_of, np.int64).reshape(-1)
-        self.frames_per_group = frames_per_group
-        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
-        self.batch_size, self.num_workers, self.num_replicas = batch_size, num_workers, num_replicas
-        self.epoch = 0
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        # Lengths, rank checks and set_epoch as DistributedSampler's; its shuffle is not used (the order is ours).
+        super().__init__(self.frame_of, num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
+        self.frames_per_group, self.batch_size, self.num_workers = frames_per_group, batch_size, num_workers
         # The samples of each frame, frame by frame: a stable sort keeps each frame's samples in index order.
         by_frame = np.argsort(self.frame_of, kind="stable")
         frames, first = np.unique(self.frame_of[by_frame], return_index=True)
         self._samples_of = np.split(by_frame, first[1:]) if len(frames) else []
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.frame_of)
+    def __iter__(self) -> Iterator[int]:
+        order = _padded(self.epoch_order(), self.num_replicas)
+        return iter(order[self.rank : self.total_size : self.num_replicas])
 
     def consumer(self, position: int) -> int:
-        """The (rank, worker) that reads position ``position`` of the order, as ``rank * workers + worker``."""
+        """The (rank, worker) that reads position ``position`` of the epoch's order, as ``rank * workers +
+        worker``."""
         workers = max(self.num_workers, 1)
         rank, sample = position % self.num_replicas, position // self.num_replicas
         return rank * workers + (sample // self.batch_size) % workers
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_order(self) -> list[int]:
+        """The order of the whole epoch (all ranks), before it is dealt out."""
         rng = np.random.default_rng([self.seed, self.epoch])
         frames = rng.permutation(len(self._samples_of)).tolist()
         consumers = self.num_replicas * max(self.num_workers, 1)
         queues: list[list[int]] = [[] for _ in range(consumers)]  # each consumer's tiles, drawn and to draw
-        taken = [0] * consumers
+        taken, order = [0] * consumers, []
         for position in range(len(self.frame_of)):
             c = self.consumer(position)
             if taken[c] == len(queues[c]):  # the consumer's group is used up: its next frames, else another's
@@ -112,8 +110,9 @@ class FrameGroupedSampler(Sampler[int]):
                     queues[c] += rng.permutation(np.concatenate([self._samples_of[f] for f in group])).tolist()
                 else:
                     self._steal_frame(queues, taken, c)
-            yield queues[c][taken[c]]
+            order.append(queues[c][taken[c]])
             taken[c] += 1
+        return order
 
     def _steal_frame(self, queues: list[list[int]], taken: list[int], thief: int) -> None:
         """Moves to the used-up queue ``thief`` the remaining tiles of the frame with the most tiles left in the
@@ -133,12 +132,12 @@ def count_decodes(
     num_workers: int = 0,
     num_replicas: int = 1,
 ) -> int:
-    """The frame decodes of one epoch of ``order`` read by ``num_replicas`` DDP ranks (each its
-    ``DistributedSampler`` share, padded as it pads) through ``DataLoader``'s batches and workers, each worker
-    with a :class:`FrameCache` of ``cache_size`` frames: the cost a sampler's order implies, without decoding."""
+    """The frame decodes of one epoch's ``order`` (all ranks: :meth:`FrameGroupedSampler.epoch_order`) read by
+    ``num_replicas`` DDP ranks (each its ``DistributedSampler`` share, padded as it pads) through ``DataLoader``'s
+    batches and workers, each worker with a :class:`FrameCache` of ``cache_size`` frames: the cost the order
+    implies, without decoding."""
     frame_of = np.asarray(frame_of, np.int64).reshape(-1)
-    order = list(order)
-    order += order[: -len(order) % num_replicas]  # DistributedSampler's padding to a multiple of the ranks
+    order = _padded(list(order), num_replicas)
     workers, decodes = max(num_workers, 1), 0
     for rank in range(num_replicas):
         samples = order[rank::num_replicas]
@@ -149,6 +148,12 @@ def count_decodes(
                 cache.get(int(frame_of[index]), lambda: np.empty(0))
         decodes += sum(cache.decodes for cache in caches)
     return decodes
+
+
+def _padded(order: list[int], num_replicas: int) -> list[int]:
+    """``order`` repeated from its start up to a multiple of ``num_replicas``, as ``DistributedSampler`` pads."""
+    total = -(-len(order) // num_replicas) * num_replicas
+    return (order * -(-total // len(order)))[:total] if order else order
 
 
 class FrameCache:
