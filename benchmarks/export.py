@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> str:
                     torch_ms = median_ms(lambda: raw(images01), args.runs, warmup)
                 onnx_ms = median_ms(lambda: onnx_detector(images01), args.runs, warmup)
                 first = (
-                    f"{name} | {params:.2f} | {export_s:.1f} | {verify_s:.1f} | {size_mb:.1f}"
+                    f"{name} | {params:.2f} | {export_s:.1f} | {verify_s:.2f} | {size_mb:.1f}"
                     if i == 0
                     else " |  |  |  | "
                 )
