@@ -97,16 +97,17 @@ class FrameGroupedSampler(DistributedSampler):
     def epoch_order(self) -> list[int]:
         """The order of the whole epoch (all ranks), before it is dealt out."""
         rng = np.random.default_rng([self.seed, self.epoch])
-        frames = rng.permutation(len(self._samples_of)).tolist()
+        frames = rng.permutation(len(self._samples_of))
         consumers = self.num_replicas * max(self.num_workers, 1)
         queues: list[list[int]] = [[] for _ in range(consumers)]  # each consumer's tiles, drawn and to draw
-        taken, order = [0] * consumers, []
+        taken, order, next_frame = [0] * consumers, [], 0
         for position in range(len(self.frame_of)):
             c = self.consumer(position)
             if taken[c] == len(queues[c]):  # the consumer's group is used up: its next frames, else another's
-                if frames:  # a group, or near the end an even share of the frames left
-                    size = min(self.frames_per_group, -(-len(frames) // consumers))
-                    group, frames = frames[:size], frames[size:]
+                if next_frame < len(frames):  # a group, or near the end an even share of the frames left
+                    size = min(self.frames_per_group, -(-(len(frames) - next_frame) // consumers))
+                    group = frames[next_frame : next_frame + size]
+                    next_frame += size
                     queues[c] += rng.permutation(np.concatenate([self._samples_of[f] for f in group])).tolist()
                 else:
                     self._steal_frame(queues, taken, c)

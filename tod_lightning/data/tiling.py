@@ -75,8 +75,8 @@ class TileSpec(Tiling):
     Cost: each tile decodes its whole image and then crops it (the crop itself is a ~0.2 ms copy), so by default
     an epoch decodes each image once per kept tile: a 2000 x 1500 frame cut into 20 tiles costs 20 decodes
     (~30 ms each for a JPEG, ~100 ms for a PNG, on one CPU core). The data module's ``train_frames_per_group``
-    draws the tiles of a few frames together and caches the decoded frames in each worker
-    (:mod:`tod_lightning.data.frame_groups`), so that a frame is decoded about once per worker instead.
+    gives each loader worker the tiles of a few frames of its own and caches those decoded frames
+    (:mod:`tod_lightning.data.frame_groups`), so that a frame is decoded about once an epoch instead.
 
     Attributes:
         tile_size: side of the square tiles, px.

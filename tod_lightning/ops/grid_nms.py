@@ -50,7 +50,7 @@ def greedy_nms_on_grid(boxes_xyxy, groups, num_groups, order, iou_threshold):
     for i in range(num):
         for c in range(4):
             if not abs(boxes_xyxy[i, c]) < 2.0**40:  # NaN, inf or absurd: no cell (the levels below need < 2^40)
-                return keep.nonzero()[0], False
+                return np.empty(0, dtype=np.int64), False
         area[i] = (boxes_xyxy[i, 2] - boxes_xyxy[i, 0]) * (boxes_xyxy[i, 3] - boxes_xyxy[i, 1])  # as the kernel
         side = max(max(boxes_xyxy[i, 2] - boxes_xyxy[i, 0], boxes_xyxy[i, 3] - boxes_xyxy[i, 1]), 1.0)
         mantissa, exponent = math.frexp(side)  # side = mantissa * 2^exponent, mantissa in [0.5, 1): exact
