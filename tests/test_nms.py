@@ -130,7 +130,8 @@ def test_dispatch_takes_the_grid_on_cpu(monkeypatch):
     import tod_lightning.ops.nms as module
 
     calls = []
-    monkeypatch.setattr(module, "grid_batched_nms", lambda *a: calls.append(len(a[0])) or module.batched_nms(*a))
+    grid = lambda b, s, g, t, *cap: calls.append(len(b)) or module.batched_nms(b, s, g, t)  # noqa: E731
+    monkeypatch.setattr(module, "grid_batched_nms", grid)
     boxes, scores, groups = _scene(5000, 600, seed=5)
     with pytest.raises(RuntimeError):  # torchvision's dtype rules: float32 and float64 on CPU
         module.class_aware_nms(boxes.half(), scores.half(), groups, 0.6)
@@ -175,6 +176,52 @@ def test_non_finite_boxes_fall_back_to_torchvision():
     boxes[5] = float("nan")
     boxes[9, 2] = float("inf")
     assert torch.equal(grid_batched_nms(boxes, scores, groups, 0.6), batched_nms(boxes, scores, groups, 0.6))
+
+
+def _first_of_each_image(kept, images, cap):
+    """The reference cap: walk the kept boxes in order and take an image's first ``cap``."""
+    taken, out = {}, []
+    for k in kept.tolist():
+        image = int(images[k])
+        if taken.get(image, 0) < cap:
+            taken[image] = taken.get(image, 0) + 1
+            out.append(k)
+    return out
+
+
+@pytest.mark.parametrize("cap", [0, 1, 7, 150, 10**6])
+def test_per_image_cap_is_torchvision_truncated(cap):
+    """With ``max_per_image`` each image keeps its first ``cap`` kept boxes: torchvision's kept set in processing
+    order (score, equal scores by index) truncated per image. Images 0, 1 and 3 (none in 2, so the kernel cannot
+    count on every image id filling up), 4 classes each, scores tied in steps of 0.05 (the cap falls inside runs
+    of equal scores); the fallback to torchvision (a NaN box) truncates torchvision's own order."""
+    boxes, scores, labels = _scene(6000, 400, seed=cap % 97, tied=True)
+    images = torch.tensor([0, 1, 3])[torch.randint(0, 3, (len(boxes),), generator=torch.Generator().manual_seed(2))]
+    groups = images * 4 + labels % 4
+    full = batched_nms(boxes, scores, groups, 0.6)
+    by_score_then_index = sorted(full.tolist(), key=lambda k: (-float(scores[k]), k))
+    out = grid_batched_nms(boxes, scores, groups, 0.6, images, cap)
+    assert out.tolist() == _first_of_each_image(torch.tensor(by_score_then_index), images, cap)
+    counts = torch.bincount(images[out], minlength=4).tolist()
+    assert counts == [min(cap, int((images[full] == i).sum())) for i in range(4)]
+    if 0 < cap < 150:
+        assert len(out) == 3 * cap  # the cap binds in every image
+    boxes[len(boxes) // 2] = float("nan")  # the torchvision fallback, capped by the same rule
+    full = batched_nms(boxes, scores, groups, 0.6)
+    out = grid_batched_nms(boxes, scores, groups, 0.6, images, cap)
+    assert out.tolist() == _first_of_each_image(full, images, cap)
+
+
+def test_per_image_cap_arguments_are_checked():
+    boxes, scores, groups = _scene(100, 50, seed=1)
+    images = torch.zeros(len(boxes), dtype=torch.long)
+    with pytest.raises(ValueError, match="together"):
+        grid_batched_nms(boxes, scores, groups, 0.6, images)
+    with pytest.raises(ValueError, match=">= 0"):
+        grid_batched_nms(boxes, scores, groups, 0.6, images, -1)
+    images[groups == 3] = torch.arange(int((groups == 3).sum())) % 2  # group 3 in two images
+    with pytest.raises(ValueError, match="spans two images"):
+        grid_batched_nms(boxes, scores, groups, 0.6, images, 5)
 
 
 def test_kernel_compiles_without_a_writable_cache(monkeypatch):

@@ -44,7 +44,10 @@ class PostProcessor:
         """``image_sizes``: ``(B, 2)`` unpadded ``(height, width)``; boxes are clipped to them."""
         boxes_xyxy, scores, labels, image_idx = self.candidates(output, image_sizes)
         num_classes = output.cls_logits[0].shape[1]
-        kept = class_aware_nms(boxes_xyxy, scores, image_idx * num_classes + labels, self.nms_iou)  # by score
+        # By score, at most max_per_image of each image: the NMS stops comparing an image's boxes once it has them.
+        kept = class_aware_nms(
+            boxes_xyxy, scores, image_idx * num_classes + labels, self.nms_iou, image_idx, self.max_per_image
+        )
         # Stable sort by image keeps each image's detections in descending score order.
         kept_image = image_idx.index_select(0, kept)
         if len(image_sizes) <= 2**15:  # image indices fit the int16 radix sort
@@ -53,13 +56,10 @@ class PostProcessor:
             order = torch.sort(kept_image, stable=True).indices
         kept = kept.index_select(0, order)
         counts = torch.bincount(kept_image, minlength=len(image_sizes)).tolist()  # host sync
-        results = []
-        for det_boxes, det_scores, det_labels in zip(
-            *(index_rows(t, kept).split(counts) for t in (boxes_xyxy, scores, labels))
-        ):
-            n = min(self.max_per_image, det_scores.numel())
-            results.append(Detections(det_boxes[:n], det_scores[:n], det_labels[:n]))
-        return results
+        return [
+            Detections(*per_image)
+            for per_image in zip(*(index_rows(t, kept).split(counts) for t in (boxes_xyxy, scores, labels)))
+        ]
 
     @torch.no_grad()
     def candidates(self, output: DetectorOutput, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
@@ -10,7 +11,14 @@ from tod_lightning.ops.grid_nms import greedy_nms_on_grid
 from tod_lightning.ops.ordering import stable_descending_order
 
 
-def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+def class_aware_nms(
+    boxes_xyxy: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    iou_threshold: float,
+    images: Tensor | None = None,
+    max_per_image: int | None = None,
+) -> Tensor:
     """``torchvision.ops.batched_nms``, or the same greedy NMS on a grid (:func:`grid_batched_nms`) on CPU.
 
     On CPU torchvision's ``batched_nms`` compares each kept box with every later box of its group (from 1000 boxes
@@ -18,10 +26,14 @@ def class_aware_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thre
     grows about linearly and is as fast from 10 boxes on (``benchmarks/nms.py``), so it runs on CPU wherever it
     applies (:func:`uses_grid`); torchvision's kernel on GPU, where it is fast. Both give the same kept set
     (``tests/test_nms.py``); the order of equal scores may differ, as it may between torchvision's own paths.
+
+    With ``images`` and ``max_per_image`` each image keeps only its first ``max_per_image`` kept boxes (by score),
+    the detections a per-image cap leaves; the grid kernel then stops looking at an image once it has them.
     """
+    _check_cap(images, max_per_image)
     if uses_grid(boxes_xyxy, iou_threshold):
-        return grid_batched_nms(boxes_xyxy, scores, groups, iou_threshold)
-    return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+        return grid_batched_nms(boxes_xyxy, scores, groups, iou_threshold, images, max_per_image)
+    return _first_per_image(batched_nms(boxes_xyxy, scores, groups, iou_threshold), images, max_per_image)
 
 
 def uses_grid(boxes_xyxy: Tensor, iou_threshold: float) -> bool:
@@ -32,7 +44,14 @@ def uses_grid(boxes_xyxy: Tensor, iou_threshold: float) -> bool:
     )
 
 
-def grid_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+def grid_batched_nms(
+    boxes_xyxy: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    iou_threshold: float,
+    images: Tensor | None = None,
+    max_per_image: int | None = None,
+) -> Tensor:
     """Class-aware greedy NMS with the result of ``torchvision.ops.batched_nms``, in time about linear in the boxes.
 
     The boxes are put in torchvision's processing order (score, ties by index: its CPU kernel's stable sort) and
@@ -52,13 +71,17 @@ def grid_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thr
         scores: ``(N,)``.
         groups: ``(N,)`` int64: boxes of different groups never suppress each other (image * classes + label).
         iou_threshold: a box is suppressed by a kept box with IoU strictly above it.
+        images: ``(N,)`` int64 >= 0, the image of each box (each group lies in one image); with ``max_per_image``.
+        max_per_image: keep only the first ``max_per_image`` kept boxes of each image (in the returned order), as
+            truncating torchvision's result per image would; the kernel skips an image's boxes once it has them.
     """
+    _check_cap(images, max_per_image)
     if (
         iou_threshold < 0.0
         or boxes_xyxy.dtype not in (torch.float32, torch.float64)
         or scores.dtype != boxes_xyxy.dtype  # torchvision raises: so does this path, through it
     ):
-        return batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+        return _first_per_image(batched_nms(boxes_xyxy, scores, groups, iou_threshold), images, max_per_image)
     device = boxes_xyxy.device
     if len(groups) == 0:
         return torch.zeros(0, dtype=torch.long, device=device)
@@ -70,7 +93,33 @@ def grid_batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thr
         groups = torch.unique(groups, return_inverse=True)[1]
         num_groups = int(groups.max()) + 1
     boxes_np, groups_np = boxes_xyxy.detach().contiguous().numpy(), groups.contiguous().numpy()
-    kept, gridded = greedy_nms_on_grid(boxes_np, groups_np, num_groups, order.numpy(), float(iou_threshold))
+    # Without a cap every box counts as image 0 with no quota (-1).
+    images_np = np.zeros(len(groups), dtype=np.int64) if images is None else images.cpu().long().contiguous().numpy()
+    quota = -1 if max_per_image is None else int(max_per_image)
+    kept, gridded = greedy_nms_on_grid(
+        boxes_np, groups_np, num_groups, order.numpy(), float(iou_threshold), images_np, quota
+    )
     if not gridded:  # NaN, inf or absurd coordinates (the kernel checks them as it reads the boxes)
-        return batched_nms(boxes_xyxy, scores, groups, iou_threshold).to(device)
+        kept = batched_nms(boxes_xyxy, scores, groups, iou_threshold)
+        return _first_per_image(kept, images, max_per_image).to(device)
     return torch.from_numpy(kept).to(device)  # (K,) in processing order
+
+
+def _first_per_image(kept: Tensor, images: Tensor | None, max_per_image: int | None) -> Tensor:
+    """The entries of ``kept`` (indices in score order) that are among the first ``max_per_image`` of their image."""
+    if max_per_image is None:
+        return kept
+    kept_image = images.to(kept.device).index_select(0, kept)  # (K,)
+    by_image = torch.sort(kept_image, stable=True).indices  # image, then the kept order
+    counts = torch.bincount(kept_image)
+    first_of_image = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(by_image)
+    rank[by_image] = torch.arange(len(kept), device=kept.device) - first_of_image[kept_image[by_image]]
+    return kept[rank < max_per_image]
+
+
+def _check_cap(images: Tensor | None, max_per_image: int | None) -> None:
+    if (max_per_image is None) != (images is None):
+        raise ValueError("images and max_per_image go together: give both or neither")
+    if max_per_image is not None and max_per_image < 0:
+        raise ValueError(f"max_per_image must be >= 0, got {max_per_image}")
