@@ -24,7 +24,9 @@ in float32 on CPU unless ``--device``):
   candidates; the cap is then a cheap truncation of its result, not timed).
 
 Printed: one row per (geometry, component, boxes) with the median, the spread (min-max), the ratio of the median
-to the one at the smallest box count, and the number of torch operator calls of one run
+to the one at the smallest box count, the spread of that ratio (the quartiles of the run-by-run ratios: run ``i``
+of each box count is timed back to back, so a slow moment of the machine shows in both halves of a pair), and the
+number of torch operator calls of one run
 (:func:`~tod_lightning.benchmarking.count_torch_ops`, backward included). A Python loop over boxes would add at
 least one call per box; the counts grow only by the data-dependent rounds (forced assignment rounds, at most one
 per candidate of a box), not with the boxes; the compiled kernels' loops (NMS, the gather of candidates) are not
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> str:
         f"Median of {args.runs} runs after {args.warmup} warm-up runs; ratio = median / median at "
         f"{args.boxes[0]} boxes per image.",
         "",
-        "| input | component | boxes/img | median ms | min-max ms | ratio | torch ops | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| input | component | boxes/img | median ms | min-max ms | ratio | ratio p25-p75 | torch ops | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(header), flush=True)  # rows follow as they are measured
     rows = []
@@ -195,12 +197,15 @@ def main(argv: list[str] | None = None) -> str:
             med = {n: statistics.median(times[n]) for n in args.boxes}
             for n in args.boxes:
                 ratio = med[n] / med[args.boxes[0]]
+                pairs = [a / b for a, b in zip(times[n], times[args.boxes[0]])]
+                paired = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
                 note = f"{extra[n] / batch:.0f} dets/img" if name == "postprocess" else ""
                 if name.startswith("pp nms"):
                     note = f"{len(cases[n][3][1]) / batch:.0f} candidates/img"
                 rows.append(
                     f"| {size}x{size} b{batch} | {name} | {n} | {1e3 * med[n]:.2f} | "
-                    f"{1e3 * min(times[n]):.2f}-{1e3 * max(times[n]):.2f} | {ratio:.2f} | {ops[n]} | {note} |"
+                    f"{1e3 * min(times[n]):.2f}-{1e3 * max(times[n]):.2f} | {ratio:.2f} | "
+                    f"{paired[0]:.2f}-{paired[2]:.2f} | {ops[n]} | {note} |"
                 )
                 print(rows[-1], flush=True)
     return "\n".join(header + rows)

@@ -24,13 +24,16 @@ def test_components_smoke_prints_table(capsys, components):
     }
     assert len(rows) == 7 * 2  # two box counts per component
     # Post-processing finds every planted box (one detection per box after NMS) among its 5 planted candidates.
-    dets = [row.split("|")[8].strip() for row in rows if "postprocess" in row]
+    dets = [row.split("|")[9].strip() for row in rows if "postprocess" in row]
     assert dets == ["5 dets/img", "20 dets/img"]
-    candidates = [int(row.split("|")[8].split()[0]) for row in rows if "pp nms" in row]
+    candidates = [int(row.split("|")[9].split()[0]) for row in rows if "pp nms" in row]
     assert candidates[:2] == candidates[2:]  # ours and torchvision's NMS on the same candidates
     assert 5 < candidates[0] <= 5 * 5 and 20 < candidates[1] <= 5 * 20  # planted points may coincide
-    ops = [int(row.split("|")[7]) for row in rows]
+    ops = [int(row.split("|")[8]) for row in rows]
     assert all(n > 10 for n in ops)  # every component's operator calls are counted
+    quartiles = [tuple(map(float, row.split("|")[7].split("-"))) for row in rows]
+    assert all(0 < lo <= hi for lo, hi in quartiles)  # run-by-run ratios: p25 <= p75
+    assert all(q == (1.0, 1.0) for q, row in zip(quartiles, rows) if row.split("|")[3].strip() == "5")
 
 
 def test_assign_batch_matches_criterion(components):
