@@ -56,12 +56,19 @@ def _gather_level(
 ):  # fmt: skip
     """Rows ``at .. at + len(entry)`` of the outputs ``image`` .. ``deltas`` for the entries (in any order) of one
     level with ``pixels = H * W`` points."""
+    lo, hi = 0, -1  # the flat range [lo, hi) of the current (image, class) plane; none yet
+    b, c = 0, 0
     for k in range(entry.shape[0]):
         e = entry[k]  # flat (image, class, row, column)
-        pixel, image_class = e % pixels, e // pixels
-        b = image_class // num_classes
+        if e >= hi or e < lo:  # another plane: two integer divisions, once per plane for ascending entries
+            image_class = e // pixels
+            b = image_class // num_classes
+            c = image_class - b * num_classes
+            lo = image_class * pixels
+            hi = lo + pixels
+        pixel = e - lo
         row = at + k
-        image[row], label[row], point[row] = b, image_class - b * num_classes, point_start + pixel
+        image[row], label[row], point[row] = b, c, point_start + pixel
         cls_logit[row] = cls_flat[e]
         quality_logit[row] = quality_flat[b * pixels + pixel]
         for j in range(4):  # (B, 4, H, W): the deltas of a point lie H * W apart
