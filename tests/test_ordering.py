@@ -59,6 +59,19 @@ def test_nonzero_1d_equals_torch_nonzero(density):
     assert torch.equal(nonzero_1d(mask[::3]), mask[::3].nonzero().squeeze(1))  # a strided view
 
 
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 64, 1001, 100_003])
+def test_nonzero_1d_at_every_length_and_alignment(length):
+    """The CPU scan (8-byte words, then the bytes after the last whole word) at lengths around the word size,
+    densities from none to all, and views starting off an 8-byte boundary (numpy's path)."""
+    g = torch.Generator().manual_seed(length)
+    for density in (0.0, 0.002, 0.06, 0.5, 1.0):
+        mask = torch.rand(length, generator=g) < density
+        mask[-1:] = density > 0  # the last entry decides the write one past the end
+        assert torch.equal(nonzero_1d(mask), mask.nonzero().squeeze(1)), density
+        for start in (1, 3):
+            assert torch.equal(nonzero_1d(mask[start:]), mask[start:].nonzero().squeeze(1))
+
+
 def test_argsort_small_ints_is_a_stable_sort():
     keys = torch.randint(0, 40, (20_000,), generator=torch.Generator().manual_seed(5))
     order = argsort_small_ints(keys)

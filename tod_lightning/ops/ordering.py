@@ -1,11 +1,13 @@
 """Index primitives, fast on CPU: stable orderings from unstable sorts (floats mapped to order-preserving integers
-made unique by position), numpy's argsort and nonzero where torch's CPU kernels are slow."""
+made unique by position), numpy's argsort and a compiled nonzero scan where torch's CPU kernels are slow."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from tod_lightning.ops.compiled import compile_kernel
 
 
 def float_ordinal(values: Tensor) -> Tensor:
@@ -41,11 +43,38 @@ def index_rows(values: Tensor, index: Tensor) -> Tensor:
 
 
 def nonzero_1d(mask: Tensor) -> Tensor:
-    """``(N,)`` bool -> ``(K,)`` int64 positions of the true entries: numpy's on CPU (4x faster than
-    ``torch.nonzero`` for 10^5 entries on the 2-core machine of ``benchmarks/``), ``torch.nonzero`` elsewhere."""
-    if mask.device.type == "cpu":
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
-    return mask.nonzero().squeeze(1)
+    """``(N,)`` bool -> ``(K,)`` int64 positions of the true entries: a compiled scan on CPU, ``torch.nonzero``
+    elsewhere.
+
+    The CPU scan skips 8 zero bytes at a time and writes the positions in the other words without a branch per
+    entry: 1.3-3.6x faster than numpy's ``flatnonzero`` (itself 4x faster than ``torch.nonzero`` for 10^5 entries)
+    on the class maps post-processing scans, where a few percent of the entries are true (``benchmarks/``' 2-core
+    machine). The positions are a view of a buffer of N + 1 entries, most of them never touched.
+    """
+    if mask.device.type != "cpu":
+        return mask.nonzero().squeeze(1)
+    flat = np.ascontiguousarray(mask.numpy()).view(np.uint8)  # (N,) 0 or 1
+    if flat.ctypes.data % 8 != 0:  # an unaligned view (a slice): no 8-byte words
+        return torch.from_numpy(np.flatnonzero(flat))
+    positions = np.empty(len(flat) + 1, dtype=np.int64)  # + 1: the branchless scan writes one past the last
+    count = _nonzero_scan(flat[: len(flat) // 8 * 8].view(np.uint64), flat, positions)
+    return torch.from_numpy(positions[:count])
+
+
+@compile_kernel
+def _nonzero_scan(words, flat, positions):
+    """Writes the positions of the nonzero bytes of ``flat`` (``words``: its first ``8 * len(words)`` bytes as
+    8-byte words) into ``positions``; returns their number."""
+    count = 0
+    for w in range(words.shape[0]):
+        if words[w] != 0:
+            for i in range(8 * w, 8 * w + 8):
+                positions[count] = i  # always written, kept only where the byte is 1: no branch to mispredict
+                count += flat[i] != 0
+    for i in range(8 * words.shape[0], flat.shape[0]):
+        positions[count] = i
+        count += flat[i] != 0
+    return count
 
 
 def stable_descending_order(values: Tensor) -> Tensor:
