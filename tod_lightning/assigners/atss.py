@@ -12,7 +12,7 @@ from torch import Tensor
 
 from tod_lightning.assigners.similarity import BoxSimilarity, IoUSimilarity
 from tod_lightning.ops.boxes import boxes_in_regions, points_in_boxes
-from tod_lightning.ops.ordering import first_in_order
+from tod_lightning.ops.ordering import first_in_order, nonzero_1d
 
 NEGATIVE = -1
 IGNORE = -2
@@ -58,7 +58,8 @@ class ATSSAssigner:
         topk: candidates per level per ground truth.
         anchor_scale: side of the implicit prior square in strides.
         ignore_overlap: fraction of a point's prior inside an ignore region that makes a negative ignored.
-        sync_free: schedule of the forced rounds (same result): ``None`` picks by device (host syncs on CPU only).
+        sync_free: schedule of the claims and the forced rounds (same result): ``None`` picks by device (host
+            syncs on CPU only).
     """
 
     def __init__(
@@ -155,17 +156,7 @@ class ATSSAssigner:
             is_pos = (cand_sim >= mean_plus_std(cand_sim)[:, None]) & inside  # (G, C)
             cand_slot = cand_idx + (image_of * num_points)[:, None]  # (G, C) slot of each candidate in its image
 
-            # Each point takes its most similar box among those it is a positive of (ties: lowest box index).
-            # (slot, box) pairs are unique among the candidates: levels are disjoint, a level's points distinct.
-            # Boxes are numbered across the batch in image order, so "lowest index" is the lowest of the image.
-            flat_slot = cand_slot.reshape(-1)
-            pos_sim = torch.where(is_pos, cand_sim, -1.0).reshape(-1)
-            max_sim = torch.full((slots + 1,), -1.0, device=device).scatter_reduce(0, flat_slot, pos_sim, "amax")
-            box_of = torch.arange(num_gt, device=device)[:, None].expand_as(cand_idx)  # (G, C)
-            best = is_pos.reshape(-1) & (pos_sim == max_sim.index_select(0, flat_slot))
-            argmax = torch.full((slots + 1,), num_gt, device=device).scatter_reduce(
-                0, flat_slot, torch.where(best, box_of.reshape(-1), num_gt), "amin"
-            )
+            max_sim, argmax = self._claims(is_pos, cand_sim, cand_slot, slots)
             matched = max_sim >= 0
             gt_index = torch.where(matched, argmax, gt_index)
             best_sim = torch.where(matched, max_sim, best_sim)
@@ -180,6 +171,37 @@ class ATSSAssigner:
             in_ignore = self._in_ignore(points_xy, self.priors(points_xy, point_strides), regions)  # (B, P)
             gt_index = torch.where((gt_index == NEGATIVE) & in_ignore, IGNORE, gt_index)
         return AssignResult(gt_index, best_sim)
+
+    def _claims(self, is_pos: Tensor, cand_sim: Tensor, cand_slot: Tensor, slots: int) -> tuple[Tensor, Tensor]:
+        """``(slots + 1,)`` per slot the highest similarity among the boxes it is a positive of (-1 for none), and
+        the lowest index among the boxes with that similarity (``G`` for none): each point takes its most similar
+        box.
+
+        (slot, box) pairs are unique among the candidates: levels are disjoint, a level's points distinct. Boxes are
+        numbered across the batch in image order, so "lowest index" is the lowest of the image. On CPU (and
+        ``sync_free=False``) only the positives, a few of each box's candidates, are scattered (``nonzero``: a host
+        sync, free on CPU); on an accelerator every candidate is, the others with the neutral -1 and ``G``.
+        """
+        num_gt, num_cand = cand_slot.shape
+        device = cand_slot.device
+        if (device.type == "cpu") if self.sync_free is None else not self.sync_free:
+            pos = nonzero_1d(is_pos.reshape(-1))  # (N,) flat (box, candidate) positions of the positives
+            flat_slot = cand_slot.reshape(-1).index_select(0, pos)  # (N,)
+            pos_sim = cand_sim.reshape(-1).index_select(0, pos)
+            box_of = torch.div(pos, num_cand, rounding_mode="floor")
+            is_pos = None  # all of them
+        else:
+            flat_slot = cand_slot.reshape(-1)  # (G * C,)
+            pos_sim = torch.where(is_pos, cand_sim, -1.0).reshape(-1)
+            box_of = torch.arange(num_gt, device=device)[:, None].expand_as(cand_slot).reshape(-1)
+        max_sim = torch.full((slots + 1,), -1.0, device=device).scatter_reduce(0, flat_slot, pos_sim, "amax")
+        best = pos_sim == max_sim.index_select(0, flat_slot)
+        if is_pos is not None:
+            best &= is_pos.reshape(-1)
+        argmax = torch.full((slots + 1,), num_gt, device=device).scatter_reduce(
+            0, flat_slot, torch.where(best, box_of, num_gt), "amin"
+        )
+        return max_sim, argmax
 
     def _score_candidates(
         self, points_xy: Tensor, cand_idx: Tensor, cand_strides: Tensor, gt_xyxy: Tensor
