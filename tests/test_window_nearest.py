@@ -67,7 +67,6 @@ def test_other_dtypes_and_absurd_centres_take_the_torch_path(monkeypatch):
     ]:
         out = window_nearest_points(c, s, shapes, starts, 2, 9)
         assert out.shape == (1, len(c), 9)
-    window_nearest_points(centers, level_strides, shapes, starts, 2, 9, compiled=False)  # the accelerator schedule
     assert calls == []
     window_nearest_points(centers, level_strides, shapes, starts, 2, 9)
     assert calls == [1]

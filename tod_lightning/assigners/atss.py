@@ -59,8 +59,8 @@ class ATSSAssigner:
         topk: candidates per level per ground truth.
         anchor_scale: side of the implicit prior square in strides.
         ignore_overlap: fraction of a point's prior inside an ignore region that makes a negative ignored.
-        sync_free: schedule of the candidate search, the claims and the forced rounds (same result): ``None``
-            picks by device (host syncs and the compiled window search on CPU only).
+        sync_free: schedule of the claims and the forced rounds (same result): ``None`` picks by device (host
+            syncs on CPU only).
     """
 
     def __init__(
@@ -173,10 +173,6 @@ class ATSSAssigner:
             gt_index = torch.where((gt_index == NEGATIVE) & in_ignore, IGNORE, gt_index)
         return AssignResult(gt_index, best_sim)
 
-    def _cpu_schedule(self, device: torch.device) -> bool:
-        """Whether to take the CPU schedule (host syncs, compiled kernels), by ``sync_free`` or else by device."""
-        return device.type == "cpu" if self.sync_free is None else not self.sync_free
-
     def _claims(self, is_pos: Tensor, cand_sim: Tensor, cand_slot: Tensor, slots: int) -> tuple[Tensor, Tensor]:
         """``(slots + 1,)`` per slot the highest similarity among the boxes it is a positive of (-1 for none), and
         the lowest index among the boxes with that similarity (``G`` for none): each point takes its most similar
@@ -189,7 +185,7 @@ class ATSSAssigner:
         """
         num_gt, num_cand = cand_slot.shape
         device = cand_slot.device
-        if self._cpu_schedule(device):
+        if (device.type == "cpu") if self.sync_free is None else not self.sync_free:
             pos = nonzero_1d(is_pos.reshape(-1))  # (N,) flat (box, candidate) positions of the positives
             flat_slot = cand_slot.reshape(-1).index_select(0, pos)  # (N,)
             pos_sim = cand_sim.reshape(-1).index_select(0, pos)
@@ -244,7 +240,7 @@ class ATSSAssigner:
         """
         slots, device = gt_index.shape[0] - 1, gt_index.device
         num_gt, num_cand = cand_slot.shape
-        on_cpu = self._cpu_schedule(device)
+        on_cpu = device.type == "cpu" if self.sync_free is None else not self.sync_free
         if not on_cpu:  # every box's ranking at once: a round then needs no host synchronisation
             order = first_in_order(cand_sim, num_cand, descending=True)  # (G, C)
             ranked = cand_slot.gather(1, order)  # (G, C) candidate slots, most similar first
@@ -322,8 +318,7 @@ class ATSSAssigner:
         if windowed:  # every windowed level at once (k = topk on each: a window holds side^2 >= topk points)
             shapes, level_starts = [level_shapes[i] for i in windowed], [starts[i] for i in windowed]
             level_strides = point_strides[torch.tensor(level_starts, device=point_strides.device)]  # (L,)
-            compiled = self._cpu_schedule(gt_centers.device)
-            found = window_nearest_points(gt_centers, level_strides, shapes, level_starts, half, self.topk, compiled)
+            found = window_nearest_points(gt_centers, level_strides, shapes, level_starts, half, self.topk)
             candidates.update(zip(windowed, found.unbind(0)))
         for level, size in enumerate(level_sizes):
             if level not in candidates:  # a level smaller than the window (or no grid given): the dense search

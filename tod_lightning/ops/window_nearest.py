@@ -20,13 +20,7 @@ from tod_lightning.ops.ordering import first_in_order
 
 
 def window_nearest_points(
-    centers_xy: Tensor,
-    strides: Tensor,
-    shapes: list[tuple[int, int]],
-    starts: list[int],
-    half: int,
-    k: int,
-    compiled: bool | None = None,
+    centers_xy: Tensor, strides: Tensor, shapes: list[tuple[int, int]], starts: list[int], half: int, k: int
 ) -> Tensor:
     """``(L, G, k)`` indices of the ``k`` points of each of ``L`` levels nearest each of ``G`` centres, nearest first
     (ties: the lower point index), searched in the ``(2 half + 1)^2`` window around each centre's nearest cell.
@@ -42,12 +36,9 @@ def window_nearest_points(
         shapes, starts: per level ``(H, W)`` (both at least ``2 half + 1``) and its first point index.
         half: the window reaches ``half`` cells either side of the nearest cell.
         k: points per level and box, at most ``(2 half + 1)^2``.
-        compiled: ``False`` takes the torch path on CPU too (no host sync: the schedule an accelerator gets);
-            otherwise the kernel runs on CPU where it applies (float32, centres within +-2^24 px).
     """
     if (
-        compiled is not False
-        and centers_xy.device.type == "cpu"
+        centers_xy.device.type == "cpu"
         and centers_xy.dtype == strides.dtype == torch.float32
         # NaN, inf or absurd centres (a host sync, free on CPU) have no nearest cell the kernel's int could hold.
         and bool((centers_xy.abs() < 2.0**24).all())
