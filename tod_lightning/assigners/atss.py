@@ -13,7 +13,6 @@ from torch import Tensor
 from tod_lightning.assigners.similarity import BoxSimilarity, IoUSimilarity
 from tod_lightning.ops.boxes import boxes_in_regions, points_in_boxes
 from tod_lightning.ops.ordering import first_in_order, nonzero_1d
-from tod_lightning.ops.window_nearest import window_nearest_points
 
 NEGATIVE = -1
 IGNORE = -2
@@ -317,8 +316,7 @@ class ATSSAssigner:
         candidates: dict[int, Tensor] = {}
         if windowed:  # every windowed level at once (k = topk on each: a window holds side^2 >= topk points)
             shapes, level_starts = [level_shapes[i] for i in windowed], [starts[i] for i in windowed]
-            level_strides = point_strides[torch.tensor(level_starts, device=point_strides.device)]  # (L,)
-            found = window_nearest_points(gt_centers, level_strides, shapes, level_starts, half, self.topk)
+            found = self._window_candidates(gt_centers, point_strides, shapes, level_starts, half)  # (L, G, topk)
             candidates.update(zip(windowed, found.unbind(0)))
         for level, size in enumerate(level_sizes):
             if level not in candidates:  # a level smaller than the window (or no grid given): the dense search
@@ -327,3 +325,32 @@ class ATSSAssigner:
                 candidates[level] = first_in_order(dist2, k, nonnegative=True) + start  # (G, k) point indices
         strides = [point_strides[starts[i]].expand(candidates[i].shape[1]) for i in range(len(level_sizes))]
         return torch.cat([candidates[i] for i in range(len(level_sizes))], dim=1), torch.cat(strides)
+
+    def _window_candidates(
+        self, gt_centers: Tensor, point_strides: Tensor, shapes: list[tuple[int, int]], starts: list[int], half: int
+    ) -> Tensor:
+        """``(L, G, topk)`` point indices of the ``topk`` nearest points of each of ``L`` levels, searched in a
+        ``(2 half + 1)^2`` window around each centre: one set of tensor ops (and one top-k) for all the levels."""
+        device, side = gt_centers.device, 2 * half + 1
+        stride = point_strides[torch.tensor(starts, device=device)][:, None, None]  # (L, 1, 1) float
+        h = torch.tensor([s[0] for s in shapes], device=device)[:, None]  # (L, 1)
+        w = torch.tensor([s[1] for s in shapes], device=device)[:, None]
+        offs = torch.arange(side, device=device)
+        # Nearest cell, a centre half-way between two cells going to the lower one: with every point of the window
+        # tied, the lower indices the dense order prefers must be inside it.
+        lo = torch.ceil(gt_centers[None] / stride - 1.0).long() - half  # (L, G, 2) first window cell (x, y)
+        col0 = torch.minimum(lo[..., 0].clamp(min=0), w - side)  # (L, G) window corner, shifted inside the grid
+        row0 = torch.minimum(lo[..., 1].clamp(min=0), h - side)
+        # Window point coordinates with level_points' arithmetic, so distances are bit-identical to gathering the
+        # points; the squared distance is separable: dy^2 (rows) + dx^2 (columns).
+        dx2 = ((((col0[..., None] + offs).float() + 0.5) * stride) - gt_centers[None, :, 0:1]) ** 2  # (L, G, side)
+        dy2 = ((((row0[..., None] + offs).float() + 0.5) * stride) - gt_centers[None, :, 1:2]) ** 2
+        num_levels, num_gt = col0.shape
+        dist2 = (dx2[..., None, :] + dy2[..., :, None]).reshape(num_levels * num_gt, side * side)  # (L * G, n)
+        # Window entries are row-major (y outer, x inner), so their order is the point index order.
+        nearest = first_in_order(dist2, self.topk, nonnegative=True).view(num_levels, num_gt, -1)  # (L, G, k)
+        # Window entry -> point index offset from the window's first point (row * w + column), per level.
+        entry_offset = (offs[:, None] * w[:, None] + offs).reshape(num_levels, 1, side * side)  # (L, 1, n)
+        offset = entry_offset.expand(-1, num_gt, -1).gather(2, nearest)  # (L, G, k)
+        corner = row0 * w + col0 + torch.tensor(starts, device=device)[:, None]  # (L, G) the window's first point
+        return offset + corner[..., None]  # (L, G, k) point indices

@@ -1,5 +1,5 @@
-"""Pure tensor math: points per level, box coding, similarities, NMS, the gather of selected head-map entries and the
-window search for the points nearest a box (compiled numba kernels on CPU, torch elsewhere), tile windows (numpy)."""
+"""Pure tensor math: points per level, box coding, similarities, NMS and the gather of selected head-map entries
+(compiled numba kernels on CPU), tile windows (numpy)."""
 
 from tod_lightning.ops.boxes import PointBoxCoder, box_area, boxes_in_regions, points_in_boxes
 from tod_lightning.ops.nms import class_aware_nms, grid_batched_nms
