@@ -172,6 +172,10 @@ class ATSSAssigner:
             gt_index = torch.where((gt_index == NEGATIVE) & in_ignore, IGNORE, gt_index)
         return AssignResult(gt_index, best_sim)
 
+    def _cpu_schedule(self, device: torch.device) -> bool:
+        """Whether to take the CPU schedule (host syncs), by ``sync_free`` or else by device."""
+        return device.type == "cpu" if self.sync_free is None else not self.sync_free
+
     def _claims(self, is_pos: Tensor, cand_sim: Tensor, cand_slot: Tensor, slots: int) -> tuple[Tensor, Tensor]:
         """``(slots + 1,)`` per slot the highest similarity among the boxes it is a positive of (-1 for none), and
         the lowest index among the boxes with that similarity (``G`` for none): each point takes its most similar
@@ -184,7 +188,7 @@ class ATSSAssigner:
         """
         num_gt, num_cand = cand_slot.shape
         device = cand_slot.device
-        if (device.type == "cpu") if self.sync_free is None else not self.sync_free:
+        if self._cpu_schedule(device):
             pos = nonzero_1d(is_pos.reshape(-1))  # (N,) flat (box, candidate) positions of the positives
             flat_slot = cand_slot.reshape(-1).index_select(0, pos)  # (N,)
             pos_sim = cand_sim.reshape(-1).index_select(0, pos)
@@ -239,7 +243,7 @@ class ATSSAssigner:
         """
         slots, device = gt_index.shape[0] - 1, gt_index.device
         num_gt, num_cand = cand_slot.shape
-        on_cpu = device.type == "cpu" if self.sync_free is None else not self.sync_free
+        on_cpu = self._cpu_schedule(device)
         if not on_cpu:  # every box's ranking at once: a round then needs no host synchronisation
             order = first_in_order(cand_sim, num_cand, descending=True)  # (G, C)
             ranked = cand_slot.gather(1, order)  # (G, C) candidate slots, most similar first
