@@ -157,6 +157,18 @@ def test_sparse_group_ids_and_a_huge_canvas():
     assert set(out.tolist()) == set(ref.tolist()) and len(out) < len(boxes)
 
 
+def test_every_box_its_own_group():
+    """As many groups as boxes (one grid per box, interleaved in the score order): nothing is suppressed, and with a
+    cap of 3 per image of 5 the best 3 boxes of each image are kept."""
+    boxes, scores, _ = _scene(3000, 300, seed=14)
+    groups = torch.randperm(len(boxes), generator=torch.Generator().manual_seed(0))
+    out = grid_batched_nms(boxes, scores, groups, 0.6)
+    assert out.tolist() == torch.sort(scores, descending=True, stable=True).indices.tolist()
+    images = groups % 5
+    capped = grid_batched_nms(boxes, scores, groups, 0.6, images, 3)
+    assert capped.tolist() == _first_of_each_image(out, images, 3) and len(capped) == 15
+
+
 def test_coordinates_near_the_limit_and_boxes_with_gradients():
     """Boxes spread over +-2^39 px on both axes (a grid of 2^80 unit cells before coarsening: no int64 overflow in
     the cell count) and boxes that require grad (NMS selects, it does not differentiate): torchvision's kept set."""
