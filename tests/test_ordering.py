@@ -70,6 +70,8 @@ def test_nonzero_1d_at_every_length_and_alignment(length):
         assert torch.equal(nonzero_1d(mask), mask.nonzero().squeeze(1)), density
         for start in (1, 3):
             assert torch.equal(nonzero_1d(mask[start:]), mask[start:].nonzero().squeeze(1))
+        counts = mask.to(torch.int64) * 3  # not a bool mask: numpy's path, the same positions
+        assert torch.equal(nonzero_1d(counts), mask.nonzero().squeeze(1))
 
 
 def test_argsort_small_ints_is_a_stable_sort():

@@ -53,9 +53,10 @@ def nonzero_1d(mask: Tensor) -> Tensor:
     """
     if mask.device.type != "cpu":
         return mask.nonzero().squeeze(1)
-    flat = np.ascontiguousarray(mask.numpy()).view(np.uint8)  # (N,) 0 or 1
-    if flat.ctypes.data % 8 != 0:  # an unaligned view (a slice): no 8-byte words
+    flat = np.ascontiguousarray(mask.numpy()).reshape(-1)
+    if mask.dtype != torch.bool or flat.ctypes.data % 8 != 0:  # not bytes of 0/1, or an unaligned view (a slice)
         return torch.from_numpy(np.flatnonzero(flat))
+    flat = flat.view(np.uint8)  # (N,) 0 or 1
     positions = np.empty(len(flat) + 1, dtype=np.int64)  # + 1: the branchless scan writes one past the last
     count = _nonzero_scan(flat[: len(flat) // 8 * 8].view(np.uint64), flat, positions)
     return torch.from_numpy(positions[:count])
