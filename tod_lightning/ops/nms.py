@@ -30,9 +30,9 @@ def class_aware_nms(
     With ``images`` and ``max_per_image`` each image keeps only its first ``max_per_image`` kept boxes (by score),
     the detections a per-image cap leaves; the grid kernel then stops looking at an image once it has them.
     """
-    _check_cap(images, max_per_image)
     if uses_grid(boxes_xyxy, iou_threshold):
-        return grid_batched_nms(boxes_xyxy, scores, groups, iou_threshold, images, max_per_image)
+        return grid_batched_nms(boxes_xyxy, scores, groups, iou_threshold, images, max_per_image)  # checks the cap
+    _check_cap(images, max_per_image)
     return _first_per_image(batched_nms(boxes_xyxy, scores, groups, iou_threshold), images, max_per_image)
 
 
