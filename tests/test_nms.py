@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms, nms
 
-from tod_lightning.ops.nms import grid_batched_nms
+from tod_lightning.ops.nms import class_aware_nms, grid_batched_nms
 
 
 def _scene(n: int, size: float, seed: int, big: int = 0, integer: bool = False, tied: bool = False):
@@ -231,8 +231,6 @@ def test_per_image_cap_arguments_are_checked():
         grid_batched_nms(boxes, scores, groups, 0.6, images)
     with pytest.raises(ValueError, match=">= 0"):
         grid_batched_nms(boxes, scores, groups, 0.6, images, -1)
-    from tod_lightning.ops.nms import class_aware_nms
-
     with pytest.raises(ValueError, match="together"):  # torchvision's path (a negative threshold) checks too
         class_aware_nms(boxes, scores, groups, -0.1, images)
     images[groups == 3] = torch.arange(int((groups == 3).sum())) % 2  # group 3 in two images
