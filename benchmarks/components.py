@@ -22,6 +22,10 @@ in float32 on CPU unless ``--device``):
 - ``pp nms torchvision``: torchvision's ``batched_nms`` alone on the same candidates, the peer (its CPU kernel
   compares every kept box with every later box of its (image, class) group, so it grows with the square of the
   candidates; the cap is then a cheap truncation of its result, not timed).
+- ``train step`` (opt-in: ``--components "train step"``, seconds per run): the whole training step of the
+  quickstart model (:func:`~tod_lightning.benchmarking.quickstart_task`: detector forward, its criterion, backward,
+  an SGD step) on random images, the same for every box count: the components in a user's terms, what dense
+  ground truth adds to a step.
 
 Printed: one row per (geometry, component, boxes) with the median, the spread (min-max), the ratio of the median
 to the one at the smallest box count, the spread of that ratio (the quartiles of the run-by-run ratios: run ``i``
@@ -43,7 +47,7 @@ import time
 import torch
 import torchvision
 
-from tod_lightning.benchmarking import count_torch_ops, cpu_model
+from tod_lightning.benchmarking import count_torch_ops, cpu_model, quickstart_task
 from tod_lightning.losses.criterion import DetectionCriterion
 from tod_lightning.models.postprocess import PostProcessor
 from tod_lightning.ops.nms import class_aware_nms
@@ -52,6 +56,7 @@ from tod_lightning.structures import DetectorOutput, Target
 
 STRIDES = [4, 8, 16]
 NUM_CLASSES = 4
+GRAD = {"loss fwd", "loss fwd+bwd", "train step"}  # the components timed with autograd on
 
 
 def random_targets(batch: int, size: int, num_boxes: int, gen: torch.Generator) -> list[Target]:
@@ -170,6 +175,16 @@ def main(argv: list[str] | None = None) -> str:
         def fwd_bwd(targets, out):
             criterion(out, targets)["loss"].backward()
 
+        if "train step" in args.components:  # built only when asked: instantiating the model takes seconds
+            task = quickstart_task(num_classes).to(device).train()
+            optimizer = torch.optim.SGD(task.detector.parameters(), lr=0.01, momentum=0.9)
+            images01 = torch.rand(batch, 3, size, size, generator=gen).to(device)  # (B, 3, S, S) for every count
+
+        def train_step(targets):
+            optimizer.zero_grad(set_to_none=True)
+            task.criterion(task.detector(images01), targets, images01)["loss"].backward()
+            optimizer.step()
+
         fns = {
             "assign": lambda c: assign_batch(criterion, c[1], c[0]),
             "loss fwd": lambda c: criterion(c[1], c[0]),
@@ -178,18 +193,19 @@ def main(argv: list[str] | None = None) -> str:
             "pp candidates": lambda c: post.candidates(c[2], image_sizes),
             "pp nms": lambda c: nms_of(c[3], class_aware_nms, c[3][3], post.max_per_image),
             "pp nms torchvision": lambda c: nms_of(c[3], torchvision.ops.batched_nms),
+            "train step": lambda c: train_step(c[0]),
         }
         extra = {n: sum(d.scores.numel() for d in post(cases[n][2], image_sizes)) for n in args.boxes}
         for name in args.components:
             fn = fns[name]
-            with torch.enable_grad() if name.startswith("loss") else torch.no_grad():
+            with torch.enable_grad() if name in GRAD else torch.no_grad():
                 ops = {n: count_torch_ops(lambda: fn(cases[n])).calls for n in args.boxes}  # untimed
             times = {n: [] for n in args.boxes}
             for i in range(args.warmup + args.runs):
                 for n in args.boxes:  # interleaved: one run of each box count in turn
                     sync(device)
                     t0 = time.perf_counter()
-                    with torch.enable_grad() if name.startswith("loss") else torch.no_grad():
+                    with torch.enable_grad() if name in GRAD else torch.no_grad():
                         fn(cases[n])
                     sync(device)
                     if i >= args.warmup:

@@ -82,3 +82,32 @@ def test_torch_op_count_does_not_grow_with_the_boxes(components):
     for name in calls[100]:
         assert calls[100][name] > 100, name
         assert calls[2000][name] - calls[100][name] < 2000 - 100, (name, calls)
+
+
+def test_train_step_component_is_opt_in_and_trains(components, monkeypatch):
+    """``train step`` runs only when asked, and what it times is a whole training step of the quickstart model: its
+    operator count covers forward, backward and the optimizer, does not grow with the boxes, and the weights move."""
+    import torch
+
+    built, initial = [], []
+
+    def spy(num_classes):
+        task = quickstart_task(num_classes)
+        built.append(task)
+        initial.extend(p.detach().clone() for p in task.detector.parameters())
+        return task
+
+    from tod_lightning.benchmarking import quickstart_task
+
+    monkeypatch.setattr(components, "quickstart_task", spy)
+    components.main(["--smoke", "--components", "assign"])
+    assert built == []  # not built unless asked
+    table = components.main(["--smoke", "--components", "loss fwd+bwd", "train step", "--runs", "1"])
+    rows = [line for line in table.splitlines() if line.startswith("| 64x64")]
+    assert [row.split("|")[2].strip() for row in rows] == ["loss fwd+bwd"] * 2 + ["train step"] * 2
+    ops = {(row.split("|")[2].strip(), row.split("|")[3].strip()): int(row.split("|")[8]) for row in rows}
+    for boxes in ("5", "20"):  # the step runs the loss and backward too, and the detector and optimizer besides
+        assert ops[("train step", boxes)] > ops[("loss fwd+bwd", boxes)] + 100
+    assert len(built) == 1  # one model per geometry, the same for every box count
+    moved = [not torch.equal(a, b.detach()) for a, b in zip(initial, built[0].detector.parameters())]
+    assert sum(moved) > len(moved) // 2  # SGD steps ran (a few parameters may get no gradient)
