@@ -58,6 +58,52 @@ def test_box_loss_contract(loss_cls):
     assert loss(a[:0], a[:0]).shape == (0,)
 
 
+def _box_pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n + 6, 4)`` predicted and ground-truth boxes: random ones (some overlapping, some disjoint), then a
+    shared edge, a corner touch, identical boxes, one inside the other, a zero-width box and a crossing."""
+    g = torch.Generator().manual_seed(seed)
+    xy, wh = torch.rand(n, 2, generator=g) * 40, 1 + torch.rand(n, 2, generator=g) * 20
+    gt = torch.cat([xy, xy + wh], 1)
+    pred = gt + torch.randn(n, 4, generator=g) * torch.tensor([4.0, 4.0, 12.0, 12.0])  # (n, 4), ~1/4 disjoint
+    pred = torch.cat([pred[:, :2], torch.maximum(pred[:, 2:], pred[:, :2] + 0.5)], 1)
+    edge = [[0.0, 0.0, 4.0, 4.0], [4.0, 0.0, 8.0, 4.0]], [[0.0, 0.0, 4.0, 4.0], [4.0, 4.0, 8.0, 8.0]]
+    same, inside = [[2.0, 3.0, 9.0, 7.0]] * 2, [[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 8.0, 8.0]]
+    flat, cross = [[5.0, 1.0, 5.0, 9.0], [2.0, 2.0, 9.0, 9.0]], [[0.0, 4.0, 12.0, 6.0], [5.0, 0.0, 7.0, 10.0]]
+    special = torch.tensor([edge[0], edge[1], same, inside, flat, cross])  # (6, 2, 4)
+    return torch.cat([pred, special[:, 0]]), torch.cat([gt, special[:, 1]])
+
+
+@pytest.mark.parametrize(
+    "name, ours",
+    [
+        ("generalized_box_iou_loss", losses.GIoULoss),
+        ("distance_box_iou_loss", losses.DIoULoss),
+        ("complete_box_iou_loss", losses.CIoULoss),
+    ],
+)
+def test_iou_losses_are_torchvisions_bit_for_bit_without_host_syncs(name, ours):
+    """Values and gradients equal torchvision's exactly (its arithmetic), on overlapping, disjoint and touching
+    pairs; but no boolean-mask indexing, which waits for the device each time on an accelerator."""
+    import torchvision.ops
+
+    from tod_lightning.benchmarking import count_torch_ops
+
+    pred, gt = _box_pairs(500, seed=0)
+    theirs = getattr(torchvision.ops, name)
+    results = {}
+    for label, fn in (("ours", lambda p, t: ours()(p, t)), ("tv", lambda p, t: theirs(p, t, eps=1e-7))):
+        p, t = pred.clone().requires_grad_(), gt.clone().requires_grad_()
+        loss = fn(p, t)
+        loss.sum().backward()
+        results[label] = (loss.detach(), p.grad, t.grad)
+        p, t = pred.clone().requires_grad_(), gt.clone().requires_grad_()
+        results[label + " syncs"] = count_torch_ops(lambda: fn(p, t).sum().backward()).num_syncs
+    for mine, reference in zip(results["ours"], results["tv"]):
+        assert torch.equal(mine, reference)
+    assert results["ours"][0][-6:].isfinite().all() and (results["ours"][1] != 0).any()
+    assert results["ours syncs"] == 0 and results["tv syncs"] > 0  # torchvision's masks: what this file avoids
+
+
 def test_focal_loss_matches_torchvision_formula():
     logits = torch.randn(5, 3)
     targets = (torch.rand(5, 3) > 0.5).float()
