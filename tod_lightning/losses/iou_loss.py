@@ -91,8 +91,7 @@ class CIoULoss(BoxLoss):
 
     def forward(self, pred_xyxy: Tensor, gt_xyxy: Tensor) -> Tensor:
         pred_xyxy, gt_xyxy = pred_xyxy.float(), gt_xyxy.float()
-        # torchvision's complete_box_iou_loss takes the DIoU part with its default eps (1e-7), whatever its own.
-        distance_loss, iou = _distance_loss_and_iou(pred_xyxy, gt_xyxy, 1e-7)
+        distance_loss, iou = _distance_loss_and_iou(pred_xyxy, gt_xyxy, self.eps)  # (torchvision: 1e-7 there, always)
         x1, y1, x2, y2 = pred_xyxy.unbind(dim=-1)
         gx1, gy1, gx2, gy2 = gt_xyxy.unbind(dim=-1)
         v = (4 / (math.pi**2)) * torch.pow(torch.atan((gx2 - gx1) / (gy2 - gy1)) - torch.atan((x2 - x1) / (y2 - y1)), 2)
