@@ -113,8 +113,14 @@ def test_both_thresholds_are_set_and_a_refusal_is_reported(monkeypatch):
     assert allocator.tune_cpu_allocator() is True
     # M_MMAP_THRESHOLD (-3) and M_TRIM_THRESHOLD (-1): setting one alone stops glibc adjusting the other.
     assert calls == [(-3, allocator.MMAP_THRESHOLD), (-1, allocator.TRIM_THRESHOLD)]
-    answers[-1] = 0  # glibc refuses a value
+    calls.clear()
+    answers[-1] = 0  # glibc refuses the trim threshold: reported
     assert allocator.tune_cpu_allocator() is False
+    calls.clear()
+    answers[-3] = 0  # ... or the mmap threshold: then the trim threshold is left alone (set alone, it slows malloc)
+    assert allocator.tune_cpu_allocator() is False
+    assert calls == [(-3, allocator.MMAP_THRESHOLD)]
+    answers.clear()
     calls.clear()
     allocator.tune_cpu_allocator(mmap_threshold=1 << 40, trim_threshold=1 << 40)
     assert calls == [(-3, 2**31 - 1), (-1, 2**31 - 1)]  # mallopt takes a C int
