@@ -65,7 +65,9 @@ def child(setting: str, geometry: str, warmup: int, steps: int) -> dict:
 
 
 def run_child(setting: str, geometry: str, warmup: int, steps: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TOD_LIGHTNING_MALLOC"}  # the setting is chosen here
+    from tod_lightning.allocator import ENV_VAR
+
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}  # a user's opt-out must not choose the setting
     cmd = [sys.executable, __file__, "--child", setting, "--geometries", geometry]
     cmd += ["--warmup", str(warmup), "--steps", str(steps)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -4,11 +4,13 @@ import sys
 
 import pytest
 
+from tod_lightning.allocator import ENV_VAR
+
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_allocator_smoke_prints_both_settings(capsys, load_benchmark, monkeypatch):
     # A user's opt-out in the environment must not leak into the benchmark's processes: it chooses the setting.
-    monkeypatch.setenv("TOD_LIGHTNING_MALLOC", "default")
+    monkeypatch.setenv(ENV_VAR, "default")
     table = load_benchmark("allocator").main(["--smoke"])
     assert table == capsys.readouterr().out.strip()
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| 64x64")]
